@@ -1,0 +1,32 @@
+# avatar-lightning — `make help` lists the targets.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+TORCH   ?= torch==2.13.0
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-all test-gpu lint bench
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: ## create .venv and install the project editable with its dev extras (CPU torch)
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip setuptools wheel
+	$(BIN)/pip install "$(TORCH)"
+	$(BIN)/pip install -e ".[dev]"
+
+test: ## run the test suite (excludes slow and gpu tests)
+	$(BIN)/python -m pytest -q
+
+test-all: ## run every CPU test, slow ones included
+	$(BIN)/python -m pytest -q -m "not gpu"
+
+test-gpu: ## run the CUDA tests (on a machine with a GPU)
+	$(BIN)/python -m pytest -q -m gpu
+
+lint: ## ruff check
+	$(BIN)/ruff check .
+
+bench: ## run the benchmarks and print their figures
+	@set -e; for f in benchmarks/*.py; do echo "== $$f"; OMP_NUM_THREADS=2 $(BIN)/python $$f; done

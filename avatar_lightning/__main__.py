@@ -1,0 +1,6 @@
+"""``python -m avatar_lightning`` is the same entry point as the ``lightning`` console script."""
+
+from avatar_lightning.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""FLAME-format morphable model, built-in head, UV toolkit, posing Gaussians."""

@@ -1,0 +1,1 @@
+"""The LightningModules: priors, inversion, baselines."""

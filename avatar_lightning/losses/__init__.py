@@ -1,0 +1,1 @@
+"""Loss terms (photometric, perceptual, geometric, regularisers)."""

@@ -1,0 +1,1 @@
+"""Plain ``nn.Module`` networks: encoders, quantiser, transformer, decoders, regressors."""

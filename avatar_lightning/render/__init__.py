@@ -1,0 +1,1 @@
+"""Gaussians, cameras and the one rasteriser (filled in by the render issue)."""

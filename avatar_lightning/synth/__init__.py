@@ -1,0 +1,1 @@
+"""Procedural synthetic head dataset generator (``python -m avatar_lightning.synth``)."""

@@ -1,0 +1,1 @@
+"""Lightning callbacks: image logging, EMA early stopping, export."""

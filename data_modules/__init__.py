@@ -1,0 +1,1 @@
+"""LightningDataModules yielding the shared batch schema (``avatar_lightning.batch``)."""
