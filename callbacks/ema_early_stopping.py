@@ -1,0 +1,92 @@
+"""Early stopping on an exponential moving average of a logged loss (SynShot §3.3).
+
+The inversion optimises for a number of steps proportional to the number of input frames, with a
+warm-up, then stops once the EMA of the loss stops improving. The trainer stops — the module has
+no loop of its own — and the callback's state is checkpointed, so a resumed run continues the
+same EMA.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+
+class EMAEarlyStopping(Callback):
+    """Stop training when the EMA of ``monitor`` has not improved for ``patience`` steps.
+
+    Args:
+        monitor: key in ``trainer.callback_metrics`` logged every training step (e.g. ``train/loss``).
+        decay: EMA decay per step; the EMA is ``decay * ema + (1 - decay) * value``.
+        warmup_steps: no stopping before this many optimiser steps (the EMA still updates).
+        patience: steps without an improvement larger than ``min_delta`` before stopping.
+        min_delta: relative improvement of the EMA that counts (0.001 = 0.1 %).
+        max_steps_per_frame: if > 0, also stop after ``max_steps_per_frame × n_frames`` steps, where
+            ``n_frames`` is read from the module's ``n_input_frames`` attribute (SynShot: ×10).
+    """
+
+    def __init__(
+        self,
+        monitor: str = "train/loss",
+        decay: float = 0.9,
+        warmup_steps: int = 50,
+        patience: int = 30,
+        min_delta: float = 1e-3,
+        max_steps_per_frame: int = 0,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMAEarlyStopping.decay must be in [0, 1), got {decay}")
+        self.monitor = monitor
+        self.decay = decay
+        self.warmup_steps = warmup_steps
+        self.patience = patience
+        self.min_delta = min_delta
+        self.max_steps_per_frame = max_steps_per_frame
+        self.ema: float | None = None
+        self.best = math.inf
+        self.best_step = 0
+        self.stopped_step: int | None = None
+        self.reason = ""
+
+    def update(self, value: float, step: int) -> bool:
+        """Feed one loss value at optimiser step ``step``; returns True when training should stop."""
+        self.ema = value if self.ema is None else self.decay * self.ema + (1.0 - self.decay) * value
+        if self.ema < self.best * (1.0 - self.min_delta):
+            self.best, self.best_step = self.ema, step
+        if step < self.warmup_steps:
+            return False
+        if step - self.best_step >= self.patience:
+            self.reason = f"EMA of {self.monitor} plateaued at {self.best:.5g} (best at step {self.best_step})"
+            return True
+        return False
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            raise KeyError(
+                f"EMAEarlyStopping: '{self.monitor}' was not logged; logged keys: {sorted(trainer.callback_metrics)}"
+            )
+        step = trainer.global_step
+        stop = self.update(float(value), step)
+        n_frames = int(getattr(pl_module, "n_input_frames", 0))
+        if not stop and self.max_steps_per_frame > 0 and n_frames > 0 and step >= self.max_steps_per_frame * n_frames:
+            stop, self.reason = True, f"step budget {self.max_steps_per_frame} x {n_frames} frames reached"
+        if stop:
+            # Under DDP every rank sees the same synced loss only if it was logged with sync_dist;
+            # reduce the decision so all ranks stop together either way.
+            trainer.should_stop = bool(trainer.strategy.reduce_boolean_decision(stop, all=False))
+            self.stopped_step = step
+            pl_module.log("early_stop/step", float(step))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ema": self.ema, "best": self.best, "best_step": self.best_step, "stopped_step": self.stopped_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.ema = state_dict["ema"]
+        self.best = state_dict["best"]
+        self.best_step = state_dict["best_step"]
+        self.stopped_step = state_dict["stopped_step"]

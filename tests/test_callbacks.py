@@ -1,0 +1,106 @@
+"""EMA early stopping and the generic image logger."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from avatar_lightning.viz import error_map, make_grid
+from callbacks import EMAEarlyStopping, ImageLogger
+from tests.dummy import DummyData, DummyRegression
+
+
+def test_ema_does_not_stop_during_warmup() -> None:
+    cb = EMAEarlyStopping(decay=0.5, warmup_steps=100, patience=5)
+    assert not any(cb.update(1.0, step) for step in range(100))
+    assert cb.update(1.0, 100)  # flat since step 0, warm-up over -> stop
+
+
+def test_ema_keeps_going_while_improving_and_stops_on_plateau() -> None:
+    cb = EMAEarlyStopping(decay=0.5, warmup_steps=10, patience=20, min_delta=1e-3)
+    losses = [1.0 / (1 + s) for s in range(60)] + [1.0 / 61] * 200
+    stopped = next(s for s, v in enumerate(losses) if cb.update(v, s))
+    assert stopped > 60, "stopped while the loss was still falling"
+    # The EMA converges to the plateau within a few dozen steps; patience then runs out.
+    assert stopped < 60 + 20 + 40
+
+
+def test_ema_noise_does_not_reset_patience() -> None:
+    g = torch.Generator().manual_seed(0)
+    cb = EMAEarlyStopping(decay=0.9, warmup_steps=0, patience=50, min_delta=0.01)
+    noise = (torch.rand(2000, generator=g) * 0.02 + 1.0).tolist()
+    stopped = next((s for s, v in enumerate(noise) if cb.update(v, s)), None)
+    assert stopped is not None and stopped < 300
+
+
+def test_ema_state_round_trips() -> None:
+    cb = EMAEarlyStopping()
+    for s in range(10):
+        cb.update(1.0 - 0.01 * s, s)
+    other = EMAEarlyStopping()
+    other.load_state_dict(cb.state_dict())
+    assert other.ema == cb.ema and other.best == cb.best and other.best_step == cb.best_step
+
+
+def test_ema_stops_a_real_trainer(tmp_path: Path) -> None:
+    cb = EMAEarlyStopping(monitor="train/loss", decay=0.5, warmup_steps=5, patience=5, min_delta=0.5)
+    trainer = Trainer(max_epochs=100, accelerator="cpu", logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, callbacks=[cb], default_root_dir=tmp_path)
+    trainer.fit(DummyRegression(lr=0.0), DummyData(n=8, batch_size=1))  # lr 0: a perfect plateau
+    assert cb.stopped_step is not None
+    assert trainer.global_step == cb.stopped_step < 100 * 8  # global_step counts finished steps
+    assert cb.stopped_step >= 5
+
+
+def test_ema_missing_metric_is_named(tmp_path: Path) -> None:
+    cb = EMAEarlyStopping(monitor="train/nope")
+    trainer = Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, callbacks=[cb], default_root_dir=tmp_path)
+    with pytest.raises(KeyError, match="train/nope"):
+        trainer.fit(DummyRegression(), DummyData())
+
+
+def test_make_grid_layout() -> None:
+    imgs = torch.zeros(5, 3, 4, 6)
+    imgs[4] = 1.0
+    grid = make_grid(imgs, ncol=3, pad=1, pad_value=0.5)
+    assert grid.shape == (3, 2 * 5 + 1, 3 * 7 + 1)
+    assert grid[:, 6:10, 8:14].eq(1.0).all()  # 5th image: row 1, column 1
+    assert grid[:, 0, :].eq(0.5).all()
+
+
+def test_error_map_zero_for_equal_images() -> None:
+    x = torch.rand(2, 3, 4, 4)
+    assert error_map(x, x).eq(0).all()
+    assert error_map(x, 1 - x).shape == (2, 3, 4, 4)
+
+
+class ImagingModule(DummyRegression):
+    def log_images(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x, _ = batch
+        return {"ramp": x.view(-1, 1, 1, 1).expand(-1, 3, 4, 4).clamp(0, 1)}
+
+
+def test_image_logger_writes_tensorboard_and_png(tmp_path: Path) -> None:
+    cb = ImageLogger(every_n_epochs=1, every_n_steps=3, save_dir=str(tmp_path / "img"))
+    trainer = Trainer(max_epochs=2, accelerator="cpu", logger=TensorBoardLogger(tmp_path, name="tb"),
+                      enable_checkpointing=False, enable_progress_bar=False, callbacks=[cb],
+                      default_root_dir=tmp_path, num_sanity_val_steps=0)
+    trainer.fit(ImagingModule(), DummyData(n=16, batch_size=4))
+    tags = {t for t, _ in cb.logged}
+    assert tags == {"val/ramp", "train/ramp"}
+    assert sum(t == "val/ramp" for t, _ in cb.logged) == 2
+    assert list((tmp_path / "tb").rglob("events.out.tfevents*"))
+    assert list((tmp_path / "img" / "val").glob("ramp_*.png"))
+
+
+def test_image_logger_requires_log_images(tmp_path: Path) -> None:
+    trainer = Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, callbacks=[ImageLogger()], default_root_dir=tmp_path,
+                      num_sanity_val_steps=0)
+    with pytest.raises(AttributeError, match="log_images"):
+        trainer.fit(DummyRegression(), DummyData())
