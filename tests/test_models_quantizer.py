@@ -1,0 +1,112 @@
+"""VectorQuantizer: nearest code, losses by hand, straight-through gradient, EMA and restarts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from avatar_lightning.models import PassThroughQuantizer, VectorQuantizer
+
+
+def _quantizer(update: str = "loss", restart: bool = False, k: int = 4, n: int = 2) -> VectorQuantizer:
+    torch.manual_seed(0)
+    vq = VectorQuantizer(k, n, beta=0.25, update=update, restart_dead_codes=restart)
+    with torch.no_grad():
+        vq.codebook.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [5.0, 5.0]])[:k, :n])
+    return vq
+
+
+def test_nearest_codes_and_losses_match_a_hand_computation() -> None:
+    vq = _quantizer().eval()
+    # Four cells of one 2×2 grid: nearest codes 1, 2, 0, 1.
+    cells = torch.tensor([[0.9, 0.2], [0.1, 0.7], [0.2, -0.1], [0.6, 0.1]])
+    z = cells.t().reshape(1, 2, 2, 2)
+    out = vq(z)
+    assert out.indices.tolist() == [[[1, 2], [0, 1]]]
+    q = vq.codebook[torch.tensor([1, 2, 0, 1])].detach()
+    mse = ((cells - q) ** 2).mean()
+    torch.testing.assert_close(out.codebook_loss, mse)
+    torch.testing.assert_close(out.commitment_loss, 0.25 * mse)
+    torch.testing.assert_close(out.loss, 1.25 * mse)
+    torch.testing.assert_close(out.quantized, q.t().reshape(1, 2, 2, 2))
+    assert out.usage.item() == pytest.approx(3 / 4)
+    p = torch.tensor([1 / 4, 2 / 4, 1 / 4])
+    assert out.perplexity.item() == pytest.approx(torch.exp(-(p * p.log()).sum()).item(), rel=1e-6)
+
+
+def test_straight_through_gradient_reaches_encoder_unchanged() -> None:
+    vq = _quantizer()
+    z = torch.randn(2, 2, 3, 3, requires_grad=True)
+    weights = torch.randn(2, 2, 3, 3)
+    out = vq(z)
+    q = out.quantized
+    q.retain_grad()
+    (weights * q).sum().backward()
+    # d/dz of the decoder loss equals d/dq: the quantiser is the identity for gradients.
+    torch.testing.assert_close(z.grad, q.grad)
+    torch.testing.assert_close(z.grad, weights)
+    assert vq.codebook.grad is None or vq.codebook.grad.abs().sum() == 0
+
+
+def test_codebook_loss_trains_codebook_and_commitment_trains_encoder() -> None:
+    vq = _quantizer()
+    z = torch.randn(1, 2, 2, 2, requires_grad=True)
+    out = vq(z)
+    out.codebook_loss.backward(retain_graph=True)
+    assert z.grad is None and vq.codebook.grad.abs().sum() > 0
+    out.commitment_loss.backward()
+    assert z.grad.abs().sum() > 0
+
+
+def test_ema_moves_used_codes_towards_assigned_means() -> None:
+    vq = _quantizer(update="ema")
+    assert "codebook" not in dict(vq.named_parameters())
+    vq.ema_decay = 0.0  # one step replaces each used code by the mean of its assignments
+    cells = torch.tensor([[0.9, 0.2], [0.7, -0.2], [0.1, 0.7], [0.2, 0.9]])
+    vq.train()(cells.t().reshape(1, 2, 2, 2))
+    torch.testing.assert_close(vq.codebook[1], torch.tensor([0.8, 0.0]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(vq.codebook[2], torch.tensor([0.15, 0.8]), atol=1e-4, rtol=0)
+
+
+def test_ema_codebook_is_unchanged_in_eval() -> None:
+    vq = _quantizer(update="ema").eval()
+    before = vq.codebook.clone()
+    vq(torch.randn(2, 2, 4, 4))
+    torch.testing.assert_close(vq.codebook, before)
+
+
+def test_dead_codes_restart_on_encoder_outputs() -> None:
+    vq = _quantizer(restart=True)
+    vq.usage_decay = 0.0  # usage = this batch's counts: code 3 at (5, 5) is never chosen
+    z = torch.rand(2, 2, 4, 4) * 0.5
+    vq.train()(z)
+    flat = z.permute(0, 2, 3, 1).reshape(-1, 2)
+    new = vq.codebook[3].detach()
+    assert torch.cdist(new[None], flat).min() < 0.01  # moved onto (near) an encoder output
+    assert not torch.allclose(new, torch.tensor([5.0, 5.0]))
+    assert vq.running_usage[3] == 1.0
+
+
+def test_no_restart_without_flag() -> None:
+    vq = _quantizer(restart=False)
+    vq.usage_decay = 0.0
+    vq.train()(torch.rand(2, 2, 4, 4) * 0.5)
+    torch.testing.assert_close(vq.codebook[3].detach(), torch.tensor([5.0, 5.0]))
+
+
+def test_lookup_inverts_indices() -> None:
+    vq = _quantizer().eval()
+    z = torch.randn(2, 2, 3, 3)
+    out = vq(z)
+    torch.testing.assert_close(vq.lookup(out.indices), out.quantized)
+
+
+def test_wrong_code_dim_is_named() -> None:
+    with pytest.raises(ValueError, match=r"\[B, 2, h, w\]"):
+        _quantizer()(torch.randn(1, 3, 2, 2))
+
+
+def test_pass_through_is_identity_with_zero_losses() -> None:
+    z = torch.randn(2, 4, 3, 3, requires_grad=True)
+    out = PassThroughQuantizer(4)(z)
+    assert out.quantized is z and out.loss.item() == 0.0 and (out.indices == -1).all()
