@@ -79,9 +79,11 @@ def test_texel_grid_sampling_returns_the_map() -> None:
 
 def test_sample_uv_is_bilinear_between_texel_centres() -> None:
     maps = torch.arange(16.0).view(1, 1, 4, 4)
-    # u halfway between columns 1 and 2, v at row 0's centre
-    uv = torch.tensor([[[2.0 / 4, 0.5 / 4]]])
+    # u halfway between columns 1 and 2, v at row 0's centre (v points up: row 0 is the top, v ≈ 1)
+    uv = torch.tensor([[[2.0 / 4, 1 - 0.5 / 4]]])
     assert sample_uv(maps, uv).item() == pytest.approx(1.5)
+    uv = torch.tensor([[[0.5 / 4, 1 - 3.0 / 4]]])  # column 0, halfway between rows 2 and 3
+    assert sample_uv(maps, uv).item() == pytest.approx(10.0)
 
 
 def test_sample_uv_gradcheck() -> None:

@@ -81,8 +81,9 @@ def sample_uv(maps: Tensor, uv: Tensor) -> Tensor:
     """Bilinear sampling B(maps, u, v) at UV points, border-clamped.
 
     Args:
-        maps: [B, C, H, W]; texel (i, j) covers u ∈ [j/W, (j+1)/W], v ∈ [i/H, (i+1)/H] (v grows
-            with the row index), so texel centres sample back the texel values exactly.
+        maps: [B, C, H, W] in the head toolkit's (OBJ) layout: texel (i, j) covers
+            u ∈ [j/W, (j+1)/W] and v ∈ [1 − (i+1)/H, 1 − i/H] (v points up, row = (1 − v)·H), so
+            texel centres sample back the texel values exactly.
         uv: [h, w, 2] or [B, h, w, 2] in [0, 1]; [N, 2] scattered points are passed as [N, 1, 2].
 
     Returns:
@@ -90,7 +91,7 @@ def sample_uv(maps: Tensor, uv: Tensor) -> Tensor:
     """
     if uv.shape[-1] != 2 or uv.ndim not in (3, 4):
         raise ValueError(f"uv must be [h, w, 2] or [B, h, w, 2], got {list(uv.shape)}")
-    grid = (uv * 2 - 1).to(maps.dtype)
+    grid = torch.stack([uv[..., 0] * 2 - 1, 1 - uv[..., 1] * 2], dim=-1).to(maps.dtype)
     grid = grid.expand(maps.shape[0], *grid.shape) if grid.ndim == 3 else grid
     return F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
@@ -102,7 +103,8 @@ def texel_grid(resolution: int, device: torch.device | None = None) -> Tensor:
     (one primitive per texel, the count tied to the map resolution).
     """
     centres = (torch.arange(resolution, device=device, dtype=torch.float32) + 0.5) / resolution
-    v, u = torch.meshgrid(centres, centres, indexing="ij")
+    rows, u = torch.meshgrid(centres, centres, indexing="ij")
+    v = 1 - rows  # row i holds v = 1 − (i + 0.5)/H
     return torch.stack([u, v], dim=-1)
 
 

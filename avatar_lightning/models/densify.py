@@ -1,0 +1,164 @@
+"""Part-based densification (SynShot §3.2, "Gaussian Primitives Regression").
+
+Per region r ∈ {face, hair}: a regular UV sample grid over the region (its density set in the
+config, independent of the map resolution), positions φ_r = B(φ, u_r, v_r), initial Gaussians —
+scale = nearest-neighbour distance, opacity 0.7, rotation from the TBN frame of Eq. 2 — and the
+regressed offsets Δ applied on top. Everything here is canonical (3DMM) space; posing comes later.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor
+
+from avatar_lightning.models.regressors import PartPrediction
+from avatar_lightning.models.synshot import sample_uv
+from avatar_lightning.render import Gaussians, normalize_quat, quat_multiply, rotmat_to_quat
+
+
+@dataclass
+class PartGrid:
+    """A part's UV sample grid.
+
+    Attributes:
+        uv: [h, w, 2] sample points (u, v) in [0, 1] (OBJ convention, v up).
+        valid: [h, w] bool, True where the point lies in the region; these become Gaussians.
+    """
+
+    uv: Tensor
+    valid: Tensor
+
+    @property
+    def num_gaussians(self) -> int:
+        """N_r = number of valid sample points."""
+        return int(self.valid.sum())
+
+
+def part_grid(region: Tensor, samples: int) -> PartGrid:
+    """A samples × samples grid over the UV bounding box of a region, masked to the region.
+
+    Args:
+        region: [H, W] region mask in UV (OBJ layout: row = (1 − v)·H), > 0.5 inside.
+        samples: grid side; the density of this part's primitives (SynShot: per-part counts).
+
+    Returns:
+        :class:`PartGrid`.
+    """
+    if not (region > 0.5).any():
+        raise ValueError("part_grid: the region mask is empty")
+    h, w = region.shape
+    rows, cols = torch.nonzero(region > 0.5, as_tuple=True)
+    u0, u1 = cols.min().item() / w, (cols.max().item() + 1) / w
+    v0, v1 = 1 - (rows.max().item() + 1) / h, 1 - rows.min().item() / h
+    t = (torch.arange(samples, dtype=torch.float32, device=region.device) + 0.5) / samples
+    vv, uu = torch.meshgrid(v1 - t * (v1 - v0), u0 + t * (u1 - u0), indexing="ij")
+    uv = torch.stack([uu, vv], dim=-1)
+    # Nearest lookup keeps the region's boundary crisp (bilinear would blur it into a threshold).
+    grid = torch.stack([uu * 2 - 1, 1 - vv * 2], dim=-1)[None]
+    inside = F.grid_sample(region[None, None].float(), grid, mode="nearest", align_corners=False)[0, 0]
+    return PartGrid(uv=uv, valid=inside > 0.5)
+
+
+def tbn_quaternions(phi: Tensor, eps: float = 1e-12) -> Tensor:
+    """Rotations from the image-space gradient of a sampled position grid (SynShot Eq. 2).
+
+    T = ∂φ/∂u, B = ∂φ/∂v (central differences on the grid), N = T × B. T and B are generally not
+    orthogonal, so B is Gram-Schmidt-orthogonalised against T before [T̂ B̂ N̂] is read as a
+    rotation. Degenerate frames (zero gradient) fall back to the identity.
+
+    Args:
+        phi: [B, 3, h, w] positions on a part grid whose columns increase u and rows decrease v.
+
+    Returns:
+        [B, h, w, 4] unit wxyz quaternions.
+    """
+    d_rows, d_cols = torch.gradient(phi, dim=(2, 3))
+    t = rearrange(d_cols, "b c h w -> b h w c")
+    b = -rearrange(d_rows, "b c h w -> b h w c")  # v grows upwards, rows downwards
+    t_hat = F.normalize(t, dim=-1, eps=eps)
+    b_hat = F.normalize(b - (b * t_hat).sum(-1, keepdim=True) * t_hat, dim=-1, eps=eps)
+    n_hat = torch.cross(t_hat, b_hat, dim=-1)
+    rot = torch.stack([t_hat, b_hat, n_hat], dim=-1)  # columns T, B, N
+    ok = (n_hat.norm(dim=-1) > 0.5)[..., None]
+    identity = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=phi.dtype, device=phi.device)
+    return torch.where(ok, rotmat_to_quat(rot), identity)
+
+
+@torch.no_grad()
+def nearest_neighbor_distance(points: Tensor, chunk: int = 2048) -> Tensor:
+    """Distance of each point to its nearest other point, min_{j≠i} ‖p_i − p_j‖, no gradient.
+
+    Args:
+        points: [B, N, 3] with N ≥ 2.
+        chunk: query rows per block (memory is chunk × N per batch element).
+
+    Returns:
+        [B, N].
+    """
+    if points.shape[1] < 2:
+        raise ValueError(f"nearest_neighbor_distance needs at least 2 points, got {points.shape[1]}")
+    out = []
+    for start in range(0, points.shape[1], chunk):
+        d = torch.cdist(points[:, start:start + chunk], points)  # [B, c, N]
+        idx = torch.arange(start, start + d.shape[1], device=points.device)
+        d[:, torch.arange(d.shape[1], device=points.device), idx] = float("inf")
+        out.append(d.min(dim=-1).values)
+    return torch.cat(out, dim=1)
+
+
+def axis_angle_to_quat(axis_angle: Tensor) -> Tensor:
+    """[..., 3] axis-angle → [..., 4] unit wxyz (smooth at zero)."""
+    angle = axis_angle.norm(dim=-1, keepdim=True)
+    half = angle / 2
+    # sin(x/2)/x → 1/2 as x → 0; the series avoids 0/0.
+    k = torch.where(angle < 1e-4, 0.5 - angle**2 / 48, torch.sin(half) / angle.clamp_min(1e-12))
+    return torch.cat([torch.cos(half), axis_angle * k], dim=-1)
+
+
+def part_gaussians(phi: Tensor, pred: PartPrediction, grid: PartGrid, init_opacity: float = 0.7,
+                   min_scale: float = 1e-5) -> Gaussians:
+    """Initial Gaussians of one part with the regressed offsets applied (canonical space).
+
+    means = φ_r + δφ; quats = q_TBN + δθ (quaternion offset) or q_TBN ⊗ exp(δθ) (axis-angle);
+    scales = σ_nn · exp(δσ) (the offset is additive in log space, which keeps scales positive);
+    opacities = sigmoid(logit(0.7) + δα) (additive in logit space, which keeps them in (0, 1)).
+
+    Args:
+        phi: sampled positions φ_r [B, 3, h, w].
+        pred: the part's regressor outputs on the same grid.
+        grid: the part's grid; only ``grid.valid`` points become Gaussians.
+        init_opacity: initial opacity (SynShot: 0.7).
+        min_scale: floor of the nearest-neighbour scale (coincident samples).
+
+    Returns:
+        Batched :class:`Gaussians` [B, N_r, ...].
+    """
+    valid = grid.valid
+
+    def pick(x: Tensor) -> Tensor:  # [B, C, h, w] → [B, N_r, C]
+        return rearrange(x, "b c h w -> b h w c")[:, valid]
+
+    phi_r = pick(phi)
+    quat0 = tbn_quaternions(phi.detach())[:, valid]
+    sigma0 = nearest_neighbor_distance(phi_r.detach()).clamp_min(min_scale)
+    off = pred.offsets
+    d_rot = pick(off.rotation)
+    quats = quat0 + d_rot if d_rot.shape[-1] == 4 else quat_multiply(quat0, axis_angle_to_quat(d_rot))
+    logit0 = math.log(init_opacity / (1 - init_opacity))
+    return Gaussians(
+        means=phi_r + pick(off.position),
+        quats=normalize_quat(quats),
+        scales=sigma0[..., None] * torch.exp(pick(off.scale)),
+        opacities=torch.sigmoid(logit0 + pick(off.opacity)[..., 0]),
+        sh=rearrange(pred.sh, "b k c h w -> b h w k c")[:, valid],
+    )
+
+
+def sample_part(maps: Tensor, grid: PartGrid) -> Tensor:
+    """B(maps, u_r, v_r) on a part grid: [B, C, H, W] → [B, C, h, w]."""
+    return sample_uv(maps, grid.uv.to(maps.device))
