@@ -1,1 +1,42 @@
-"""Gaussians, cameras and the one rasteriser (filled in by the render issue)."""
+"""Gaussians, cameras and the one differentiable rasteriser every part of the project renders with.
+
+Dimension letters used in shapes throughout the project (``means: Tensor  # [N, 3]``):
+
+====  ==================================================================
+B     batch (avatars / samples)
+V     views per sample (dataset side); also (avatar, camera) pairs inside the rasteriser
+C     cameras per render call
+N     Gaussians
+F     mesh faces
+S, E  3DMM shape and expression dimensions
+K     SH coefficients per colour channel, (degree + 1)²
+H, W  image height and width (pixels)
+h, w  UV / latent map height and width
+====  ==================================================================
+
+Conventions (DESIGN.md, "Contracts"): OpenCV cameras (x right, y down, z forward), ``K`` in pixels
+with a principal point, wxyz quaternions (normalised inside), linear scales, opacities in [0, 1],
+pixel centres at (j + 0.5, i + 0.5).
+"""
+
+from .cameras import intrinsics_from_fov, look_at, opengl_to_opencv, orbit_cameras
+from .ply import load_ply, save_ply
+from .rasterize import BACKENDS, rasterize, resolve_backend
+from .rotations import (
+    normalize_quat,
+    quat_multiply,
+    quat_to_rotmat,
+    quat_wxyz_to_xyzw,
+    quat_xyzw_to_wxyz,
+    rotmat_to_quat,
+)
+from .sh import eval_sh, num_sh_bases, rgb_to_sh, sh_to_rgb
+from .types import Cameras, Gaussians, RenderOutput
+
+__all__ = [
+    "BACKENDS", "Cameras", "Gaussians", "RenderOutput", "eval_sh", "intrinsics_from_fov", "load_ply",
+    "look_at", "normalize_quat", "num_sh_bases", "opengl_to_opencv", "orbit_cameras", "quat_multiply",
+    "quat_to_rotmat", "quat_wxyz_to_xyzw", "quat_xyzw_to_wxyz", "rasterize", "resolve_backend", "rgb_to_sh",
+    "rotmat_to_quat",
+    "save_ply", "sh_to_rgb",
+]
