@@ -1,1 +1,6 @@
 """LightningDataModules yielding the shared batch schema (``avatar_lightning.batch``)."""
+
+from data_modules.insta import INSTADataModule
+from data_modules.nersemble import NeRSembleDataModule
+
+__all__ = ["INSTADataModule", "NeRSembleDataModule"]

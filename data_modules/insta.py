@@ -1,0 +1,205 @@
+"""INSTA monocular sequences (512x512), optionally with their metrical-tracker checkpoints.
+
+Layout of one actor, read exactly as INSTA's ``scripts/transforms.py`` writes it (``FORMATS.md``)::
+
+    <actor>/transforms.json           w h cx cy fl_x fl_y camera_angle_x/y x_fov y_fov integer_depth_scale frames
+    <actor>/images/<id>.png           RGBA (matted): alpha is the foreground mask
+    <actor>/flame/exp/<id>.txt        the tracker's 100 expression coefficients, one per line
+    <actor>/meshes/<id>.obj  depth/<id>.png (uint16 mm)  seg_mask/<id>.png
+
+``transform_matrix`` is OpenCV camera-to-world (``inv([R|t])`` of the tracker's OpenCV camera).
+The tracker's FLAME has no global rotation/translation (the head pose is in the camera), so those
+are zero. The exp files hold no shape, jaw or eye pose: pass ``tracker_dir`` (the tracker's
+``output/<actor>``) to read them from the ``.frame`` checkpoints, else they are zero (said in the log).
+Split (SynShot / 3DRealHead protocol): the last ``n_test`` frames (600) test, the last ``n_val``
+(20) of those validate, the rest train.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from data_modules.few_shot import select_few_shot
+from data_modules.metrical_tracker import frame_number, index_checkpoints, load_tracker_frame
+from data_modules.real_common import (
+    FlameParams,
+    RealHeadDataModule,
+    RealHeadDataset,
+    Sample,
+    View,
+    check_image_size,
+    data_path,
+    intrinsics,
+    read_json,
+    require_keys,
+    summary_line,
+)
+
+log = logging.getLogger(__name__)
+
+TOP_KEYS = ("w", "h", "cx", "cy", "fl_x", "fl_y", "frames")
+FRAME_KEYS = ("transform_matrix", "file_path", "exp_path")
+
+
+def read_exp(path: Path, n_expr: int) -> Tensor:
+    """Read an INSTA ``flame/exp/<id>.txt`` (one coefficient per line).
+
+    Returns:
+        Tensor  # [n_expr]
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"FLAME expression file not found: {path}")
+    try:
+        values = np.array(path.read_text().split(), dtype=np.float32)
+    except ValueError as err:
+        raise ValueError(f"FLAME expression file {path} is not a list of numbers: {err}") from err
+    if values.size < n_expr:
+        raise ValueError(f"{path} holds {values.size} expression coefficients, the DataModule asks for {n_expr}")
+    return torch.from_numpy(values[:n_expr])
+
+
+def insta_world_to_cam(transform_matrix: list, where: str) -> Tensor:
+    """OpenCV camera-to-world (INSTA) -> OpenCV world-to-camera: a plain inverse, no axis flip.
+
+    Returns:
+        Tensor  # [4, 4]
+    """
+    c2w = torch.tensor(transform_matrix, dtype=torch.float64)
+    if c2w.shape != (4, 4):
+        raise ValueError(f"{where}: transform_matrix must be 4x4, got {list(c2w.shape)}")
+    return torch.linalg.inv(c2w).float()
+
+
+class INSTASequence:
+    """One parsed INSTA actor: views and FLAME parameters per frame, sorted by frame number.
+
+    Args:
+        root: the actor folder holding ``transforms.json``.
+        n_shape: identity coefficients.
+        n_expr: expression coefficients.
+        tracker_dir: metrical-tracker output of this actor (``output/<actor>`` or its
+            ``checkpoint`` folder); supplies shape, jaw and eye poses. None: those are zero.
+        tracker_offset: image number minus checkpoint number (0 for INSTA's own export,
+            1 for FlashAvatar's layout).
+    """
+
+    def __init__(self, root: str | Path, n_shape: int = 300, n_expr: int = 100, tracker_dir: str | None = None,
+                 tracker_offset: int = 0) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"INSTA root is not a folder: {self.root}")
+        meta = read_json(self.root / "transforms.json", "INSTA transforms file")
+        require_keys(meta, TOP_KEYS, str(self.root / "transforms.json"))
+        if not meta["frames"]:
+            raise ValueError(f"{self.root / 'transforms.json'} lists no frames")
+        frames = sorted(meta["frames"], key=lambda f: frame_number(Path(f.get("file_path", "")).stem))
+        self.numbers: list[int] = []
+        self.views: list[View] = []
+        self.flame: list[FlameParams] = []
+        K = intrinsics(meta["fl_x"], meta["fl_y"], meta["cx"], meta["cy"])
+        size = (int(meta["h"]), int(meta["w"]))
+        for i, frame in enumerate(frames):
+            where = f"{self.root / 'transforms.json'} frames[{i}]"
+            require_keys(frame, FRAME_KEYS, where)
+            self.numbers.append(frame_number(Path(frame["file_path"]).stem))
+            self.views.append(View(image_path=data_path(self.root, frame["file_path"]), mask_path=None, K=K,
+                                   world_to_cam=insta_world_to_cam(frame["transform_matrix"], where), size=size))
+            self.flame.append(FlameParams(shape=torch.zeros(n_shape), expr=read_exp(self.root / frame["exp_path"],
+                                          n_expr), pose=torch.zeros(5, 3), translation=torch.zeros(3)))
+        if len(set(self.numbers)) != len(self.numbers):
+            raise ValueError(f"{self.root / 'transforms.json'} lists a frame number twice")
+        self.source = "exp txt (shape, jaw, eyes zero)"
+        if tracker_dir is not None:
+            self._read_tracker(Path(tracker_dir), n_shape, n_expr, tracker_offset)
+
+    def _read_tracker(self, folder: Path, n_shape: int, n_expr: int, offset: int) -> None:
+        checkpoints = index_checkpoints(folder)
+        missing = [n for n in self.numbers if n - offset not in checkpoints]
+        if missing:
+            raise ValueError(f"{folder}: {len(checkpoints)} checkpoints but {len(self.numbers)} frames; no checkpoint "
+                             f"for image(s) {missing[:5]}{'...' if len(missing) > 5 else ''} (offset {offset}; "
+                             f"mismatched frame counts)")
+        for i, n in enumerate(self.numbers):
+            tracked = load_tracker_frame(checkpoints[n - offset], n_shape, n_expr)
+            gap = (tracked.world_to_cam - self.views[i].world_to_cam).abs().max()
+            if gap > 1e-3:
+                log.warning("%s: camera of frame %d differs from transforms.json by %.2g", folder, n, gap)
+            self.flame[i] = tracked.flame
+        self.source = f"metrical-tracker checkpoints in {folder}"
+
+
+def split_frames(n: int, n_test: int, n_val: int) -> tuple[range, range, range]:
+    """INSTA's split of ``n`` time-ordered frames: train, val (last ``n_val``), test (last ``n_test``)."""
+    if not 0 < n_test < n:
+        raise ValueError(f"n_test={n_test} must be in (0, {n}) for a sequence of {n} frames")
+    if not 0 <= n_val <= n_test:
+        raise ValueError(f"n_val={n_val} must be in [0, n_test={n_test}]")
+    return range(n - n_test), range(n - n_val, n), range(n - n_test, n)
+
+
+class INSTADataModule(RealHeadDataModule):
+    """Monocular INSTA actors (V = 1), one identity per actor.
+
+    Args:
+        roots: INSTA actor folders.
+        tracker_dirs: metrical-tracker outputs, one per root (None entries, or None for all: read
+            expressions from ``flame/exp`` only).
+        tracker_offset: image number minus checkpoint number (FlashAvatar's layout: 1).
+        n_test: frames at the end of each sequence used for testing (SynShot / 3DRealHead: 600).
+        n_val: frames at the very end used for validation (INSTA: 20, a subset of the test frames).
+        few_shot: train on this many frames per actor, chosen by farthest-point sampling in
+            expression space (SynShot: Fibonacci counts 1..987); None trains on all.
+        downsample: integer image down-sampling factor; K is scaled to match.
+        n_shape: FLAME identity coefficients.
+        n_expr: FLAME expression coefficients.
+        background: RGB colour the RGBA images are composited on.
+        batch_size: loader batch size.
+        num_workers: loader worker processes.
+    """
+
+    def __init__(self, roots: list[str], tracker_dirs: list[str | None] | None = None, tracker_offset: int = 0,
+                 n_test: int = 600, n_val: int = 20, few_shot: int | None = None, downsample: int = 1,
+                 n_shape: int = 300, n_expr: int = 100, background: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                 batch_size: int = 1, num_workers: int = 0) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if tracker_dirs is not None and len(tracker_dirs) != len(roots):
+            raise ValueError(f"tracker_dirs has {len(tracker_dirs)} entries but roots has {len(roots)}")
+        self.splits: dict[str, list[Sample]] = {}
+        self.datasets: dict[str, RealHeadDataset] = {}
+        self.image_size: tuple[int, int] | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        hp = self.hparams
+        splits: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
+        sources = []
+        for i, root in enumerate(hp.roots):
+            tracker = hp.tracker_dirs[i] if hp.tracker_dirs is not None else None
+            seq = INSTASequence(root, hp.n_shape, hp.n_expr, tracker, hp.tracker_offset)
+            sources.append(seq.source)
+            for name, samples in self._sequence_samples(seq, identity=i).items():
+                splits[name].extend(samples)
+        self.splits = splits
+        self.image_size = check_image_size(splits["train"], hp.downsample)
+        bg = torch.tensor(hp.background, dtype=torch.float32)
+        self.datasets = {k: RealHeadDataset(v, hp.downsample, bg, None) for k, v in splits.items() if v}
+        log.info(summary_line("INSTA", splits, self.image_size, "FLAME from " + "; ".join(sorted(set(sources)))))
+
+    def _sequence_samples(self, seq: INSTASequence, identity: int) -> dict[str, list[Sample]]:
+        hp = self.hparams
+        train, val, test = split_frames(len(seq.views), hp.n_test, hp.n_val)
+        expr = torch.stack([seq.flame[i].expr for i in train])
+        shots = [train[j] for j in select_few_shot(expr, hp.few_shot).tolist()]
+
+        def samples(indices: list[int] | range) -> list[Sample]:
+            return [Sample(views=[seq.views[i]], flame=seq.flame[i], identity=identity, frame=seq.numbers[i])
+                    for i in indices]
+
+        return {"train": samples(shots), "val": samples(val), "test": samples(test)}

@@ -1,0 +1,280 @@
+"""What the real-data DataModules (NeRSemble, INSTA) share: records, image loading, the Dataset.
+
+A dataset is parsed once into :class:`Sample` records (paths, cameras and FLAME parameters, no
+pixels); :class:`RealHeadDataset` reads the pixels lazily, so a 16-camera NeRSemble sequence
+costs only its JSON at start-up. Every sample is one (identity, frame) seen from V views and
+becomes one item of the batch schema in :mod:`avatar_lightning.batch`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from avatar_lightning.io import load_image
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FlameParams:
+    """FLAME parameters of one frame, in the order the head model takes them.
+
+    Attributes:
+        shape: Tensor  # [S]
+        expr: Tensor  # [E]
+        pose: Tensor  # [5, 3] axis-angle: global, neck, jaw, left eye, right eye
+        translation: Tensor  # [3]
+        static_offset: Tensor | None  # [Nv, 3] per-vertex offsets (VHAP), Nv = 5023 or 5143 with teeth
+    """
+
+    shape: Tensor
+    expr: Tensor
+    pose: Tensor
+    translation: Tensor
+    static_offset: Tensor | None = None
+
+
+@dataclass
+class View:
+    """One camera's image of a sample.
+
+    Attributes:
+        image_path: RGB or RGBA image.
+        mask_path: foreground mask file, or None to use the image's alpha channel.
+        K: Tensor  # [3, 3] intrinsics in pixels of the image as stored (before down-sampling)
+        world_to_cam: Tensor  # [4, 4] OpenCV extrinsics
+        camera: camera index within the dataset.
+        size: (height, width) the metadata declares for the image, checked when it is read.
+    """
+
+    image_path: Path
+    mask_path: Path | None
+    K: Tensor
+    world_to_cam: Tensor
+    camera: int = 0
+    size: tuple[int, int] | None = None
+
+
+@dataclass
+class Sample:
+    """One (identity, frame) seen from ``len(views)`` cameras."""
+
+    views: list[View]
+    flame: FlameParams
+    identity: int
+    frame: int
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def read_json(path: Path, what: str) -> dict:
+    """Read a JSON file, naming it (and what it is) in any error."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{what} {path} is not valid JSON: {err}") from err
+
+
+def data_path(root: Path, relative: str) -> Path:
+    """``root / relative``; NeRF-style files may omit the ``.png`` suffix, as NeRF loaders assume."""
+    path = root / relative
+    return path if path.suffix else path.with_suffix(".png")
+
+
+def require_keys(obj: dict, keys: tuple[str, ...], where: str) -> None:
+    """Raise a KeyError naming ``where`` and the missing fields."""
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        raise KeyError(f"{where} lacks field(s) {missing}")
+
+
+def intrinsics(fl_x: float, fl_y: float, cx: float, cy: float) -> Tensor:
+    """Pinhole matrix from focal lengths and principal point, all in pixels.
+
+    Returns:
+        Tensor  # [3, 3]
+    """
+    return torch.tensor([[fl_x, 0.0, cx], [0.0, fl_y, cy], [0.0, 0.0, 1.0]])
+
+
+def scale_intrinsics(K: Tensor, factor: float) -> Tensor:
+    """Intrinsics of the image down-sampled by ``factor``.
+
+    With pixel centres at (j + 0.5, i + 0.5) (the convention of ``render``), down-sampling by an
+    integer factor maps continuous pixel coordinates u -> u / factor exactly, so fx, fy, cx and cy
+    all divide by ``factor`` (no half-pixel shift).
+
+    Args:
+        K: Tensor  # [..., 3, 3]
+        factor: down-sampling factor (> 0).
+    """
+    out = K.clone()
+    out[..., :2, :] = K[..., :2, :] / factor
+    return out
+
+
+def downsample(image: Tensor, factor: int) -> Tensor:
+    """Area down-sampling by an integer factor (the 4x of 3DRealHead), exact on pixel blocks.
+
+    Args:
+        image: Tensor  # [C, H, W]; H and W must be divisible by ``factor``.
+    """
+    if factor == 1:
+        return image
+    _, h, w = image.shape
+    if h % factor or w % factor:
+        raise ValueError(f"image size {w}x{h} is not divisible by the down-sampling factor {factor}")
+    return F.avg_pool2d(image[None], factor)[0]
+
+
+def load_view_pixels(view: View, factor: int, background: Tensor, stored_background: Tensor | None
+                     ) -> tuple[Tensor, Tensor]:
+    """Read a view's image and foreground mask, down-sample, composite onto ``background``.
+
+    Args:
+        view: the view.
+        factor: integer down-sampling factor.
+        background: Tensor  # [3] colour to composite on
+        stored_background: Tensor  # [3] colour the stored RGB image is already composited on
+            (VHAP exports composite on white), or None when the image is RGBA and not composited.
+
+    Returns:
+        image: Tensor  # [3, H, W] in [0, 1]
+        mask: Tensor  # [1, H, W] in [0, 1]
+    """
+    pixels = load_image(view.image_path)
+    if view.size is not None and tuple(pixels.shape[-2:]) != tuple(view.size):
+        raise ValueError(f"image {view.image_path} is {pixels.shape[-1]}x{pixels.shape[-2]} but its metadata "
+                         f"says {view.size[1]}x{view.size[0]}")
+    if view.mask_path is not None:
+        mask = load_image(view.mask_path)[:1]
+    elif pixels.shape[0] == 4:
+        mask = pixels[3:4]
+    else:
+        raise ValueError(f"{view.image_path} has no alpha channel and no foreground mask file was given")
+    if mask.shape[-2:] != pixels.shape[-2:]:
+        raise ValueError(f"mask {view.mask_path} is {list(mask.shape[-2:])} but image {view.image_path} is "
+                         f"{list(pixels.shape[-2:])}")
+    rgb = pixels[:3] if pixels.shape[0] >= 3 else pixels[:1].expand(3, -1, -1)
+    bg = background.view(3, 1, 1)
+    if stored_background is None:
+        rgb = rgb * mask + bg * (1 - mask)
+    else:
+        # undo the stored compositing exactly (rgb = fg·a + stored·(1 - a)), then redo it on bg
+        rgb = rgb + (bg - stored_background.view(3, 1, 1)) * (1 - mask)
+    return downsample(rgb.clamp(0, 1), factor), downsample(mask, factor)
+
+
+class RealHeadDataset(Dataset):
+    """Lazily reads the pixels of parsed :class:`Sample` records into batch-schema items.
+
+    Args:
+        samples: the parsed samples (all with the same number of views).
+        downsample: integer image down-sampling factor; K is scaled to match.
+        background: Tensor  # [3] colour the images are composited on.
+        stored_background: Tensor  # [3] colour stored RGB images already sit on, None for RGBA.
+        uv: optional per-sample UV maps ``{"uv_texture": [3,h,w], ...}``, aligned with ``samples``.
+    """
+
+    def __init__(self, samples: list[Sample], downsample: int, background: Tensor,
+                 stored_background: Tensor | None, uv: list[dict[str, Tensor]] | None = None) -> None:
+        if len({len(s.views) for s in samples}) > 1:
+            raise ValueError("all samples of a dataset must have the same number of views")
+        self.samples = samples
+        self.factor = downsample
+        self.background = background
+        self.stored_background = stored_background
+        self.uv = uv
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        s = self.samples[index]
+        pixels = [load_view_pixels(v, self.factor, self.background, self.stored_background) for v in s.views]
+        item = {
+            "image": torch.stack([p[0] for p in pixels]),
+            "mask": torch.stack([p[1] for p in pixels]),
+            "K": torch.stack([scale_intrinsics(v.K, self.factor) for v in s.views]),
+            "world_to_cam": torch.stack([v.world_to_cam for v in s.views]),
+            "shape": s.flame.shape,
+            "expr": s.flame.expr,
+            "pose": s.flame.pose,
+            "translation": s.flame.translation,
+            "identity": torch.tensor(s.identity),
+            "frame": torch.tensor(s.frame),
+            "background": self.background,
+        }
+        if s.flame.static_offset is not None:
+            item["static_offset"] = s.flame.static_offset
+        if self.uv is not None:
+            item.update(self.uv[index])
+        return item
+
+
+def check_image_size(samples: list[Sample], factor: int) -> tuple[int, int]:
+    """Read the first image's size, check the down-sampling divides it; return (H, W) after it."""
+    first = samples[0].views[0].image_path
+    h, w = load_image(first).shape[-2:]
+    if h % factor or w % factor:
+        raise ValueError(f"image {first} is {w}x{h}, not divisible by downsample={factor}")
+    return h // factor, w // factor
+
+
+def summary_line(name: str, splits: dict[str, list[Sample]], size: tuple[int, int], note: str = "") -> str:
+    """One line saying what was loaded, e.g. for the log."""
+    parts = []
+    for split, samples in splits.items():
+        frames = {(s.identity, s.frame) for s in samples}
+        cams = {v.camera for s in samples for v in s.views}
+        parts.append(f"{split}: {len(samples)} samples ({len(frames)} frames, {len(cams)} cameras)")
+    identities = {s.identity for ss in splits.values() for s in ss}
+    line = f"{name}: {len(identities)} identities; " + "; ".join(parts) + f"; images {size[1]}x{size[0]}"
+    return line + (f"; {note}" if note else "")
+
+
+def thin(samples: list[Sample], limit: int | None) -> list[Sample]:
+    """At most ``limit`` samples, evenly spaced (all when ``limit`` is None)."""
+    if limit is None or len(samples) <= limit:
+        return samples
+    idx = torch.linspace(0, len(samples) - 1, limit).round().long().tolist()
+    return [samples[i] for i in idx]
+
+
+class RealHeadDataModule(LightningDataModule):
+    """Loaders shared by the real-data DataModules; subclasses fill ``self.datasets`` in ``setup``."""
+
+    datasets: dict[str, RealHeadDataset]
+    splits: dict[str, list[Sample]]
+
+    @property
+    def num_identities(self) -> int:
+        """Number of distinct identities (for ``link_arguments`` to the model)."""
+        return len({s.identity for samples in self.splits.values() for s in samples})
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self.datasets:
+            raise RuntimeError(f"the {split} split is empty for roots {self.hparams.roots}")
+        workers = self.hparams.num_workers
+        return DataLoader(self.datasets[split], batch_size=self.hparams.batch_size, shuffle=shuffle,
+                          num_workers=workers, persistent_workers=workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
