@@ -1,0 +1,204 @@
+"""``SynShotPrior``: training the SynShot generative prior (§3.2) as a LightningModule.
+
+One step: encode the batch's UV maps (x_tex, x_verts, x_exp), quantise, decode; densify per part
+into canonical Gaussians; pose and render every view through :func:`render_batch`; and minimise
+
+    L = Σ_maps (α·L1 + β·L_SSIM) + γ·LPIPS(tex) + δ·L1(geometry) + L_color(images) + L_VQ + L_reg
+
+with the weights as constructor arguments (YAML). Automatic optimisation; gradient clipping,
+precision (bf16/AMP) and DDP come from the Trainer config.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+
+from avatar_lightning.batch import validate_batch
+from avatar_lightning.head.model import load_head_model
+from avatar_lightning.lit.assemble import Assembled, GaussianAssembler
+from avatar_lightning.lit.render_step import render_batch
+from avatar_lightning.losses import GaussianRegularizer, PhotometricLoss, geometry_l1
+from avatar_lightning.metrics import CodebookUsage, image_metrics
+from avatar_lightning.models.quantizer import VectorQuantizer
+from avatar_lightning.models.synshot import PriorOutput, SynShotNet
+from avatar_lightning.render import RenderOutput
+from avatar_lightning.viz import error_map
+
+log = logging.getLogger(__name__)
+
+
+class SynShotPrior(LightningModule):
+    """The SynShot prior: VQ-VAE over UV maps + per-part Gaussian regressors, rendered end to end.
+
+    Args:
+        net: keyword arguments of :class:`avatar_lightning.models.SynShotNet` (map resolution,
+            F, codebooks, Table 1 ablation switches, ...).
+        head_model: ``"builtin"`` or the path of a FLAME pickle; must be the data's head model.
+        n_shape: identity coefficients of the head model (the data's S).
+        n_expr: expression coefficients of the head model (the data's E).
+        part_samples: UV sample-grid side per part (SynShot's per-part densification counts).
+        part_regions: head regions each part takes; None = every triangle no other part took.
+        l1_weight: α of L_color (Eq. 5).
+        ssim_weight: β of L_color.
+        lpips_weight: γ of L_color; > 0 needs the ``lpips`` package and its backbone weights.
+        image_weight: weight of L_color on rendered vs target images.
+        map_weight: weight of L_color on the (input, decoded) map pairs.
+        geometry_weight: δ of L_geom on the position and expression maps.
+        vq_weight: weight of the codebook + commitment losses.
+        reg_position: L2 weight on position offsets δφ.
+        reg_scale: L2 weight on scale offsets δσ.
+        reg_opacity: L2 weight on opacity offsets δα.
+        reg_sh_rest: L2 weight on SH coefficients of bands l ≥ 1.
+        lr: Adam learning rate (SynShot: 1.3e-5).
+        lr_milestones: steps at which the learning rate is multiplied by ``lr_gamma``.
+        lr_gamma: multi-step decay factor (SynShot: 0.66).
+        render_backend: rasteriser backend (``"auto"``, ``"torch"``, ``"gsplat"``).
+    """
+
+    def __init__(
+        self,
+        net: dict[str, Any] | None = None,
+        head_model: str = "builtin",
+        n_shape: int = 20,
+        n_expr: int = 15,
+        part_samples: dict[str, int] | None = None,
+        part_regions: dict[str, list[str] | None] | None = None,
+        l1_weight: float = 1.0,
+        ssim_weight: float = 0.2,
+        lpips_weight: float = 0.0,
+        image_weight: float = 1.0,
+        map_weight: float = 1.0,
+        geometry_weight: float = 1.0,
+        vq_weight: float = 1.0,
+        reg_position: float = 0.01,
+        reg_scale: float = 0.001,
+        reg_opacity: float = 0.001,
+        reg_sh_rest: float = 0.01,
+        lr: float = 1.3e-5,
+        lr_milestones: list[int] | None = None,
+        lr_gamma: float = 0.66,
+        render_backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = SynShotNet(**(net or {}))
+        self.head = load_head_model(head_model, n_shape=n_shape, n_expr=n_expr)
+        self.assembler = GaussianAssembler(
+            self.head, self.net.parts, part_samples or {"face": 64, "hair": 48},
+            part_regions if part_regions is not None else {"face": None, "hair": ["scalp"]},
+            self.net.map_resolution, no_sampling=self.net.no_sampling)
+        self.photo = PhotometricLoss(l1_weight, ssim_weight, lpips_weight)
+        self.map_photo = PhotometricLoss(l1_weight, ssim_weight, 0.0)  # LPIPS is for RGB images only
+        self.regularizer = GaussianRegularizer(reg_position, reg_scale, reg_opacity, reg_sh_rest)
+        self.val_metrics = image_metrics("val/")
+        quantizers = {"id": self.net.quant_id, "expr": self.net.quant_expr}
+        self.usage = torch.nn.ModuleDict({
+            branch: CodebookUsage(q.num_codes) for branch, q in quantizers.items() if isinstance(q, VectorQuantizer)})
+        if lpips_weight <= 0:
+            rank_zero_info("SynShotPrior: LPIPS is off (lpips_weight=0); L_color = α·L1 + β·SSIM.")
+
+    # ----------------------------------------------------------------------------------- forward
+    def forward(self, batch: Mapping[str, Tensor]) -> tuple[PriorOutput, Assembled, RenderOutput]:
+        """Network, densification and rendering for a schema batch with ``uv_*`` keys."""
+        out = self.net(batch["uv_texture"], batch["uv_position"], batch["uv_expression"])
+        assembled = self.assembler(self.net, out.maps)
+        render = render_batch(batch, assembled.gaussians, assembled.binding, self.head, self.hparams.render_backend)
+        return out, assembled, render
+
+    def losses(self, batch: Mapping[str, Tensor], out: PriorOutput, assembled: Assembled,
+               render: RenderOutput) -> dict[str, Tensor]:
+        """Every named loss term and ``"loss"``, their weighted sum."""
+        hp, maps = self.hparams, out.maps
+        terms: dict[str, Tensor] = {}
+        map_total = 0.0
+        for name, pred, target in (("tex", maps.tex, batch["uv_texture"]), ("verts", maps.verts, batch["uv_position"]),
+                                   ("expr", maps.expr, batch["uv_expression"])):
+            t = self.map_photo(pred, target)
+            terms[f"map_{name}"] = t.total
+            map_total = map_total + t.total
+        tex_lpips = self.photo.perceptual(maps.tex.clamp(0, 1), batch["uv_texture"]) if hp.lpips_weight > 0 else 0.0
+        geometry = geometry_l1(maps.verts, batch["uv_position"]) + geometry_l1(maps.expr, batch["uv_expression"])
+        image = self.photo(render.rgb.flatten(0, 1), batch["image"].flatten(0, 1))
+        vq = out.identity.vq.loss + out.expression.vq.loss
+        g = assembled.gaussians
+        reg = self.regularizer(assembled.d_position, assembled.d_scale, assembled.d_opacity, g.sh.flatten(0, 1))
+        terms.update(geometry=geometry, image=image.total, image_l1=image.l1, image_ssim=image.ssim, vq=vq,
+                     reg=reg.total)
+        terms["loss"] = (hp.map_weight * (map_total + hp.lpips_weight * tex_lpips) + hp.geometry_weight * geometry
+                         + hp.image_weight * image.total + hp.vq_weight * vq + reg.total)
+        return terms
+
+    # ------------------------------------------------------------------------------- Lightning
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        validate_batch(batch, require_uv=True)
+        out, assembled, render = self(batch)
+        terms = self.losses(batch, out, assembled, render)
+        b = batch["image"].shape[0]
+        logs = {f"train/{k}": v.detach() for k, v in terms.items()}
+        logs["train/num_gaussians"] = float(assembled.gaussians.num_gaussians)
+        for branch, code in (("id", out.identity), ("expr", out.expression)):
+            logs[f"train/perplexity_{branch}"] = code.vq.perplexity.detach()
+            if branch in self.usage:
+                self.usage[branch].update(code.vq.indices)
+        self.log_dict(logs, on_step=True, on_epoch=True, sync_dist=True, batch_size=b)
+        return terms["loss"]
+
+    def on_train_epoch_end(self) -> None:
+        for branch, metric in self.usage.items():
+            values = metric.compute()
+            self.log_dict({f"train/codebook_usage_{branch}": values["usage"].float(),
+                           f"train/codebook_perplexity_{branch}": values["perplexity"].float()}, sync_dist=False)
+            metric.reset()  # compute() already all-reduced the histogram across ranks
+
+    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        validate_batch(batch, require_uv=True)
+        out, assembled, render = self(batch)
+        terms = self.losses(batch, out, assembled, render)
+        b = batch["image"].shape[0]
+        self.log_dict({f"val/{k}": v for k, v in terms.items()}, on_epoch=True, sync_dist=True, batch_size=b)
+        self.val_metrics.update(render.rgb.flatten(0, 1).clamp(0, 1), batch["image"].flatten(0, 1))
+        self.log_dict(self.val_metrics, on_epoch=True)  # torchmetrics objects sync themselves
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=self.hparams.lr)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, self.hparams.lr_milestones or [],
+                                                         gamma=self.hparams.lr_gamma)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The head model is rebuilt from its path: a user's licensed FLAME must not end up in checkpoints.
+        for key in [k for k in checkpoint["state_dict"] if k.startswith("head.")]:
+            del checkpoint["state_dict"][key]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"].update({f"head.{k}": v for k, v in self.head.state_dict().items()})
+
+    # --------------------------------------------------------------------------------- images
+    @torch.no_grad()
+    def log_images(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Images for the ImageLogger callback, each [N, 3, H, W] in [0, 1].
+
+        ``views``: the first sample's V views as rows target | render | error; ``maps``: input and
+        decoded texture, position and expression maps (geometry normalised for display).
+        """
+        out, _, render = self(batch)
+        target, pred = batch["image"][0], render.rgb[0].clamp(0, 1)
+        views = torch.stack([target, pred, error_map(pred, target)], dim=1).flatten(0, 1)  # [V*3, 3, H, W]
+
+        def show(x: Tensor) -> Tensor:  # geometry → [0, 1] per map for display
+            lo, hi = x.amin(dim=(1, 2), keepdim=True), x.amax(dim=(1, 2), keepdim=True)
+            return (x - lo) / (hi - lo).clamp_min(1e-8)
+
+        maps = out.maps
+        tiles = [batch["uv_texture"][0], maps.tex[0].clamp(0, 1), show(batch["uv_position"][0]),
+                 show(maps.verts[0]), show(batch["uv_expression"][0]), show(maps.expr[0])]
+        return {"views": views, "maps": torch.stack(tiles)}
