@@ -9,7 +9,7 @@ import torch
 
 from avatar_lightning.batch import validate_batch
 from avatar_lightning.head.model import load_head_model
-from avatar_lightning.lit.binding import bind_part, grid_points, locate_grid, part_faces
+from avatar_lightning.head.uv import uv_rasterize
 from avatar_lightning.lit.render_step import MeshBinding, pose_gaussians, render_batch
 from avatar_lightning.lit.synshot_prior import SynShotPrior
 from avatar_lightning.models import texel_grid
@@ -43,21 +43,10 @@ def tiny_batch(head, b: int = 2, v: int = 2, size: int = 24, res: int = 16) -> d
     }
 
 
-def test_locate_grid_interpolates_back_to_the_grid(head) -> None:
-    lo, hi = torch.tensor([0.2, 0.3]), torch.tensor([0.7, 0.9])
-    loc = locate_grid(lo, hi, 20, head.uv_coords, head.uv_faces)
-    found = loc.face >= 0
-    assert found.float().mean() > 0.3
-    uv = (head.uv_coords[head.uv_faces[loc.face[found]]] * loc.bary[found, :, None]).sum(1)
-    torch.testing.assert_close(uv, grid_points(lo, hi, 20).view(-1, 2)[found], atol=1e-5, rtol=0)
-
-
-def test_parts_partition_the_triangles(head) -> None:
-    parts = part_faces(head.regions, head.faces, {"face": None, "hair": ["scalp"]})
-    assert torch.equal(parts["face"] ^ parts["hair"], torch.ones_like(parts["face"]))
-    assert parts["hair"].sum() > 0
-    binding = bind_part(parts["hair"], head.uv_coords, head.uv_faces, 16)
-    assert parts["hair"][binding.face].all() and binding.face.shape[0] == binding.grid.num_gaussians
+def _binding(head, size: int) -> MeshBinding:
+    """Every covered texel of a size² UV raster, bound to its triangle."""
+    raster = uv_rasterize(head.uv_coords, head.uv_faces, size)
+    return MeshBinding(raster.face[raster.valid], raster.bary[raster.valid])
 
 
 def _gaussians(means: torch.Tensor) -> Gaussians:
@@ -67,8 +56,7 @@ def _gaussians(means: torch.Tensor) -> Gaussians:
 
 
 def test_pose_follows_a_rigid_head_motion(head) -> None:
-    binding = bind_part(torch.ones(head.faces.shape[0], dtype=torch.bool), head.uv_coords, head.uv_faces, 12)
-    b = MeshBinding(binding.face, binding.bary)
+    b = _binding(head, 12)
     shape, expr = torch.zeros(1, head.n_shape), torch.zeros(1, head.n_expr)
     canonical_mesh = head.canonical(shape, expr)
     means = (canonical_mesh[:, head.faces[b.face]] * b.bary[None, :, :, None]).sum(2)  # points on the surface
@@ -91,8 +79,7 @@ def test_pose_follows_a_rigid_head_motion(head) -> None:
 
 def test_render_batch_shapes(head) -> None:
     batch = tiny_batch(head, b=1)
-    binding = bind_part(torch.ones(head.faces.shape[0], dtype=torch.bool), head.uv_coords, head.uv_faces, 8)
-    b = MeshBinding(binding.face, binding.bary)
+    b = _binding(head, 8)
     mesh = head.canonical(batch["shape"], batch["expr"])
     means = (mesh[:, head.faces[b.face]] * b.bary[None, :, :, None]).sum(2)
     out = render_batch(batch, _gaussians(means), b, head, backend="torch")
@@ -137,6 +124,8 @@ def test_prior_ablations_change_the_gaussian_layout(head) -> None:
     parts = _prior()
     assert parts.assembler.parts == ("face", "hair")
     assert parts.assembler.grid("face").uv.shape[:2] == (10, 10) and parts.assembler.grid("hair").uv.shape[:2] == (8, 8)
+    n_face, n_hair = (parts.assembler.grid(p).num_gaussians for p in ("face", "hair"))
+    assert 0 < n_hair < 64 and 0 < n_face < 100
     single = _prior(net={**TINY_NET, "single_layer": True})
     assert single.assembler.parts == ("all",) and single.assembler.grid("all").uv.shape[:2] == (10, 10)
     # one Gaussian per texel of the 16² map that lies inside the UV layout

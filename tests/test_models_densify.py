@@ -37,22 +37,19 @@ def _rotation(axis_angle: list[float]) -> torch.Tensor:
     return torch.eye(3, dtype=torch.float64) + math.sin(theta) * kx + (1 - math.cos(theta)) * kx @ kx
 
 
-def test_part_grid_covers_bbox_and_masks_region() -> None:
+def test_part_grid_is_the_masked_texel_grid() -> None:
     region = torch.zeros(8, 8)
     region[0:4, 0:4] = 1  # top-left block (high v, low u)
-    region[0:2, 4:8] = 1  # makes an L over the top rows
-    grid = part_grid(region, 8)
-    assert grid.uv.shape == (8, 8, 2)
-    assert grid.uv[..., 0].min() > 0 and grid.uv[..., 0].max() < 1
-    assert grid.uv[..., 1].min() > 0.5 - 1e-6  # bbox spans rows 0-3: v ∈ [0.5, 1]
-    # sampling the region mask at the grid points agrees with ``valid``
+    grid = part_grid(region)
+    assert grid.uv.shape == (8, 8, 2) and grid.num_gaussians == 16
+    assert (grid.uv[grid.valid][:, 0] < 0.5).all() and (grid.uv[grid.valid][:, 1] > 0.5).all()
+    # sampling the region mask at the grid points gives back ``valid``
     assert torch.equal(sample_part(region[None, None], grid)[0, 0] > 0.5, grid.valid)
-    assert 0 < grid.num_gaussians < 64
 
 
 def test_part_grid_rejects_empty_region() -> None:
     with pytest.raises(ValueError, match="empty"):
-        part_grid(torch.zeros(4, 4), 4)
+        part_grid(torch.zeros(4, 4))
 
 
 def test_tbn_of_uv_plane_is_identity() -> None:
@@ -97,7 +94,7 @@ def test_initial_gaussians_follow_the_paper() -> None:
     phi = _plane(6) * 0.5
     region = torch.ones(6, 6)
     region[0, 0] = 0
-    grid = part_grid(region, 6)
+    grid = part_grid(region)
     pred = _prediction(6, 6)
     g = part_gaussians(phi, pred, grid)
     n = grid.num_gaussians
@@ -110,7 +107,7 @@ def test_initial_gaussians_follow_the_paper() -> None:
 
 def test_offsets_apply_additively_in_the_stated_spaces() -> None:
     phi = _plane(4)
-    grid = part_grid(torch.ones(4, 4), 4)
+    grid = part_grid(torch.ones(4, 4))
     pred = _prediction(4, 4, rot_dim=3, scale=0.3)
     g0 = part_gaussians(phi, _prediction(4, 4, rot_dim=3), grid)
     g = part_gaussians(phi, pred, grid)
@@ -124,7 +121,7 @@ def test_offsets_apply_additively_in_the_stated_spaces() -> None:
 
 def test_part_gaussians_gradcheck() -> None:
     phi = _plane(3, dtype=torch.float64).requires_grad_(True)
-    grid = part_grid(torch.ones(3, 3), 3)
+    grid = part_grid(torch.ones(3, 3))
     pred = _prediction(3, 3, dtype=torch.float64, scale=0.1)
     offset = pred.offsets.scale.clone().requires_grad_(True)
     phi0 = phi.detach().clone()

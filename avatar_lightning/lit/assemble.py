@@ -15,9 +15,9 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from avatar_lightning.head.model import HeadModel
-from avatar_lightning.lit.binding import PartBinding, bind_part, part_faces
+from avatar_lightning.head.uv import part_masks, uv_rasterize
 from avatar_lightning.lit.render_step import MeshBinding
-from avatar_lightning.models.densify import PartGrid, part_gaussians, sample_part
+from avatar_lightning.models.densify import PartGrid, part_gaussians, part_grid, sample_part
 from avatar_lightning.models.synshot import PriorMaps, SynShotNet
 from avatar_lightning.render import Gaussians
 
@@ -46,40 +46,41 @@ class Assembled:
 class GaussianAssembler(nn.Module):
     """Per-part densification for a :class:`SynShotNet` on a given head model's UV layout.
 
+    Each part resamples the UV square at its own resolution S_r; the texels of its region
+    (:func:`avatar_lightning.head.uv.part_masks`: ``hair`` = scalp, ``face`` = everything else)
+    become its Gaussians, bound to the mesh triangle the UV rasteriser finds under them.
+
     Args:
         head: the head model (its UV layout, triangles and regions).
-        parts: the network's parts (``SynShotNet.parts``).
-        part_samples: grid side per part (SynShot: per-part sample counts); ``"all"`` for the
-            single-layer ablation defaults to the largest listed value.
-        part_regions: head regions each part takes (None = all remaining triangles); parts
-            missing here (``"all"``) take every triangle.
+        parts: the network's parts (``SynShotNet.parts``): ``("face", "hair")`` or ``("all",)``.
+        part_samples: S_r per part (SynShot's per-part densification); ``"all"`` (the single-layer
+            ablation) defaults to the largest listed value.
         map_resolution: UV map side H; the "No Sampling" ablation samples its texel centres.
-        no_sampling: one Gaussian per texel of the map (Table 1 "No Sampling").
+        no_sampling: one Gaussian per texel of the H × H map (Table 1 "No Sampling").
         init_opacity: initial opacity (SynShot: 0.7).
     """
 
-    def __init__(self, head: HeadModel, parts: tuple[str, ...], part_samples: dict[str, int],
-                 part_regions: dict[str, list[str] | None], map_resolution: int, no_sampling: bool = False,
-                 init_opacity: float = 0.7) -> None:
+    def __init__(self, head: HeadModel, parts: tuple[str, ...], part_samples: dict[str, int], map_resolution: int,
+                 no_sampling: bool = False, init_opacity: float = 0.7) -> None:
         super().__init__()
         self.parts, self.init_opacity = parts, init_opacity
-        regions = {p: part_regions.get(p) for p in parts}
-        faces = part_faces(head.regions, head.faces, regions) if len(parts) > 1 else {
-            parts[0]: torch.ones(head.faces.shape[0], dtype=torch.bool)}
         for part in parts:
-            if no_sampling:
-                binding = bind_part(faces[part], head.uv_coords, head.uv_faces, map_resolution, full_square=True)
+            size = map_resolution if no_sampling else part_samples.get(part, max(part_samples.values()))
+            raster = uv_rasterize(head.uv_coords, head.uv_faces, size)
+            if part == "all":
+                region = raster.valid.float()
             else:
-                samples = part_samples.get(part, max(part_samples.values()))
-                binding = bind_part(faces[part], head.uv_coords, head.uv_faces, samples)
-            self._register(part, binding)
-
-    def _register(self, part: str, binding: PartBinding) -> None:
-        if binding.grid.num_gaussians < 2:
-            raise ValueError(f"part {part!r} has {binding.grid.num_gaussians} sample points; raise its sample count")
-        for name, value in (("uv", binding.grid.uv), ("valid", binding.grid.valid), ("face", binding.face),
-                            ("bary", binding.bary)):
-            self.register_buffer(f"{part}_{name}", value, persistent=False)
+                masks = part_masks(raster, head)
+                if part not in masks:
+                    raise KeyError(f"GaussianAssembler: no UV mask for part {part!r}; "
+                                   f"the head toolkit has {list(masks)}")
+                region = masks[part]
+            grid = part_grid(region)
+            if grid.num_gaussians < 2:
+                raise ValueError(f"part {part!r} has {grid.num_gaussians} sample points at {size}²; raise its samples")
+            for name, value in (("uv", grid.uv), ("valid", grid.valid), ("face", raster.face[grid.valid]),
+                                ("bary", raster.bary[grid.valid])):
+                self.register_buffer(f"{part}_{name}", value, persistent=False)
 
     def grid(self, part: str) -> PartGrid:
         """The sample grid of ``part``."""

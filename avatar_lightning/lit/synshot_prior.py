@@ -43,8 +43,8 @@ class SynShotPrior(LightningModule):
         head_model: ``"builtin"`` or the path of a FLAME pickle; must be the data's head model.
         n_shape: identity coefficients of the head model (the data's S).
         n_expr: expression coefficients of the head model (the data's E).
-        part_samples: UV sample-grid side per part (SynShot's per-part densification counts).
-        part_regions: head regions each part takes; None = every triangle no other part took.
+        part_samples: UV sample-grid side S_r per part (SynShot's per-part densification):
+            part r has at most S_r² Gaussians (the texels of its region).
         l1_weight: α of L_color (Eq. 5).
         ssim_weight: β of L_color.
         lpips_weight: γ of L_color; > 0 needs the ``lpips`` package and its backbone weights.
@@ -69,7 +69,6 @@ class SynShotPrior(LightningModule):
         n_shape: int = 20,
         n_expr: int = 15,
         part_samples: dict[str, int] | None = None,
-        part_regions: dict[str, list[str] | None] | None = None,
         l1_weight: float = 1.0,
         ssim_weight: float = 0.2,
         lpips_weight: float = 0.0,
@@ -90,10 +89,8 @@ class SynShotPrior(LightningModule):
         self.save_hyperparameters()
         self.net = SynShotNet(**(net or {}))
         self.head = load_head_model(head_model, n_shape=n_shape, n_expr=n_expr)
-        self.assembler = GaussianAssembler(
-            self.head, self.net.parts, part_samples or {"face": 64, "hair": 48},
-            part_regions if part_regions is not None else {"face": None, "hair": ["scalp"]},
-            self.net.map_resolution, no_sampling=self.net.no_sampling)
+        self.assembler = GaussianAssembler(self.head, self.net.parts, part_samples or {"face": 64, "hair": 48},
+                                           self.net.map_resolution, no_sampling=self.net.no_sampling)
         self.photo = PhotometricLoss(l1_weight, ssim_weight, lpips_weight)
         self.map_photo = PhotometricLoss(l1_weight, ssim_weight, 0.0)  # LPIPS is for RGB images only
         self.regularizer = GaussianRegularizer(reg_position, reg_scale, reg_opacity, reg_sh_rest)

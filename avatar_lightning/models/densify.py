@@ -1,9 +1,10 @@
 """Part-based densification (SynShot §3.2, "Gaussian Primitives Regression").
 
-Per region r ∈ {face, hair}: a regular UV sample grid over the region (its density set in the
-config, independent of the map resolution), positions φ_r = B(φ, u_r, v_r), initial Gaussians —
-scale = nearest-neighbour distance, opacity 0.7, rotation from the TBN frame of Eq. 2 — and the
-regressed offsets Δ applied on top. Everything here is canonical (3DMM) space; posing comes later.
+Per region r ∈ {face, hair}: a regular UV sample grid (the UV square at the part's own resolution,
+set in the config independently of the map resolution) masked to the region, positions
+φ_r = B(φ, u_r, v_r), initial Gaussians — scale = nearest-neighbour distance, opacity 0.7,
+rotation from the TBN frame of Eq. 2 — and the regressed offsets Δ applied on top. Everything
+here is canonical (3DMM) space; posing comes later.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from avatar_lightning.head.uv import tangent_frames
 from avatar_lightning.models.regressors import PartPrediction
-from avatar_lightning.models.synshot import sample_uv
+from avatar_lightning.models.synshot import sample_uv, texel_grid
 from avatar_lightning.render import Gaussians, normalize_quat, quat_multiply, rotmat_to_quat
 
 
@@ -39,51 +41,50 @@ class PartGrid:
         return int(self.valid.sum())
 
 
-def part_grid(region: Tensor, samples: int) -> PartGrid:
-    """A samples × samples grid over the UV bounding box of a region, masked to the region.
+def part_grid(region: Tensor) -> PartGrid:
+    """A part's sample grid: the texel centres of its region mask, rasterised at the part's resolution.
+
+    SynShot samples "separate parameter maps for the face and scalp region": each part resamples the
+    whole UV square at its own resolution (its primitive density, a config number independent of the
+    decoder's map resolution), and the texels inside the region become Gaussians.
 
     Args:
-        region: [H, W] region mask in UV (OBJ layout: row = (1 − v)·H), > 0.5 inside.
-        samples: grid side; the density of this part's primitives (SynShot: per-part counts).
+        region: [S, S] region mask in UV at the part's resolution (OBJ layout), > 0.5 inside
+            (e.g. ``avatar_lightning.head.uv.part_masks``).
 
     Returns:
-        :class:`PartGrid`.
+        :class:`PartGrid` with ``uv`` = :func:`texel_grid` (S).
     """
+    if region.ndim != 2 or region.shape[0] != region.shape[1]:
+        raise ValueError(f"part_grid: region must be a square [S, S] mask, got {list(region.shape)}")
     if not (region > 0.5).any():
         raise ValueError("part_grid: the region mask is empty")
-    h, w = region.shape
-    rows, cols = torch.nonzero(region > 0.5, as_tuple=True)
-    u0, u1 = cols.min().item() / w, (cols.max().item() + 1) / w
-    v0, v1 = 1 - (rows.max().item() + 1) / h, 1 - rows.min().item() / h
-    t = (torch.arange(samples, dtype=torch.float32, device=region.device) + 0.5) / samples
-    vv, uu = torch.meshgrid(v1 - t * (v1 - v0), u0 + t * (u1 - u0), indexing="ij")
-    uv = torch.stack([uu, vv], dim=-1)
-    # Nearest lookup keeps the region's boundary crisp (bilinear would blur it into a threshold).
-    grid = torch.stack([uu * 2 - 1, 1 - vv * 2], dim=-1)[None]
-    inside = F.grid_sample(region[None, None].float(), grid, mode="nearest", align_corners=False)[0, 0]
-    return PartGrid(uv=uv, valid=inside > 0.5)
+    return PartGrid(uv=texel_grid(region.shape[0], region.device), valid=region > 0.5)
 
 
-def tbn_quaternions(phi: Tensor, eps: float = 1e-12) -> Tensor:
+def tbn_quaternions(phi: Tensor, valid: Tensor | None = None) -> Tensor:
     """Rotations from the image-space gradient of a sampled position grid (SynShot Eq. 2).
 
-    T = ∂φ/∂u, B = ∂φ/∂v (central differences on the grid), N = T × B. T and B are generally not
-    orthogonal, so B is Gram-Schmidt-orthogonalised against T before [T̂ B̂ N̂] is read as a
-    rotation. Degenerate frames (zero gradient) fall back to the identity.
+    T = ∂φ/∂u, B = ∂φ/∂v come from the head toolkit's :func:`tangent_frames` (central differences
+    inside the region, one-sided at its border). T and B are generally not orthogonal, so B is
+    Gram-Schmidt-orthogonalised against T and N = T̂ × B̂, giving a proper rotation [T̂ B̂ N̂].
+    Degenerate frames (zero gradient, texels outside ``valid``) fall back to the identity.
 
     Args:
-        phi: [B, 3, h, w] positions on a part grid whose columns increase u and rows decrease v.
+        phi: [B, 3, h, w] positions on a part grid (columns increase u, rows decrease v).
+        valid: [h, w] bool region of the grid (None: all of it).
 
     Returns:
         [B, h, w, 4] unit wxyz quaternions.
     """
-    d_rows, d_cols = torch.gradient(phi, dim=(2, 3))
-    t = rearrange(d_cols, "b c h w -> b h w c")
-    b = -rearrange(d_rows, "b c h w -> b h w c")  # v grows upwards, rows downwards
-    t_hat = F.normalize(t, dim=-1, eps=eps)
-    b_hat = F.normalize(b - (b * t_hat).sum(-1, keepdim=True) * t_hat, dim=-1, eps=eps)
+    if valid is None:
+        valid = torch.ones(phi.shape[-2:], dtype=torch.bool, device=phi.device)
+    frames = tangent_frames(phi, valid)  # [B, h, w, 3, 3], columns T, B, N
+    t_hat = F.normalize(frames[..., 0], dim=-1)
+    b = frames[..., 1]
+    b_hat = F.normalize(b - (b * t_hat).sum(-1, keepdim=True) * t_hat, dim=-1)
     n_hat = torch.cross(t_hat, b_hat, dim=-1)
-    rot = torch.stack([t_hat, b_hat, n_hat], dim=-1)  # columns T, B, N
+    rot = torch.stack([t_hat, b_hat, n_hat], dim=-1)
     ok = (n_hat.norm(dim=-1) > 0.5)[..., None]
     identity = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=phi.dtype, device=phi.device)
     return torch.where(ok, rotmat_to_quat(rot), identity)
@@ -144,7 +145,7 @@ def part_gaussians(phi: Tensor, pred: PartPrediction, grid: PartGrid, init_opaci
         return rearrange(x, "b c h w -> b h w c")[:, valid]
 
     phi_r = pick(phi)
-    quat0 = tbn_quaternions(phi.detach())[:, valid]
+    quat0 = tbn_quaternions(phi.detach(), valid)[:, valid]
     sigma0 = nearest_neighbor_distance(phi_r.detach()).clamp_min(min_scale)
     off = pred.offsets
     d_rot = pick(off.rotation)
