@@ -1,0 +1,244 @@
+"""What the few-shot inversion and the no-prior baseline share: rendering, evaluation, export.
+
+Both are personal avatars fitted to the same few images, so they must be rendered, scored and
+exported identically for the comparison in ``make demo`` to mean anything. A module mixes in
+:class:`AvatarEvalMixin` and implements one hook, ``canonical(batch) -> (Gaussians, MeshBinding)``;
+posing and rasterisation go through :func:`avatar_lightning.lit.render_step.render_batch`.
+
+Evaluation splits (``metrics.json``, ``val/*``): samples whose ``frame`` (expression index) is 0
+are *novel views* (neutral expression seen from cameras the inputs did not use); samples with
+``frame > 0`` are *novel expressions*. PSNR / SSIM are per image, then averaged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+from avatar_lightning.export import iter_rendered, side_by_side, write_metrics, write_video
+from avatar_lightning.head.model import HeadModel
+from avatar_lightning.io import save_image
+from avatar_lightning.lit.render_step import MeshBinding, pose_gaussians, render_batch
+from avatar_lightning.render import Gaussians, RenderOutput, orbit_cameras, save_ply
+from avatar_lightning.viz import error_map
+
+SPLITS = ("novel_view", "novel_expression")
+
+
+def eval_metrics() -> nn.ModuleDict:
+    """Per-split PSNR / SSIM (per-image PSNR averaged, not the PSNR of the pooled MSE)."""
+    return nn.ModuleDict({s: MetricCollection({
+        "psnr": PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3), reduction="elementwise_mean"),
+        "ssim": StructuralSimilarityIndexMeasure(data_range=1.0)}) for s in SPLITS})
+
+
+def split_masks(frame: Tensor) -> dict[str, Tensor]:
+    """``frame`` [B] -> split name -> bool [B] (see the module docstring)."""
+    return {"novel_view": frame == 0, "novel_expression": frame > 0}
+
+
+def interpolate_samples(samples: list[Mapping[str, Tensor]], steps: int, keys: Iterable[str]) -> Iterator[dict]:
+    """Linear blends between consecutive samples (expression coefficients and maps are linear in γ).
+
+    Args:
+        samples: schema samples (B = 1) to pass through, in order.
+        steps: frames from one sample to the next (the last sample is emitted once at the end).
+        keys: keys to blend; all other keys are taken from the first sample.
+
+    Yields:
+        Blended schema samples.
+    """
+    keys = tuple(keys)
+    for a, b in zip(samples[:-1], samples[1:], strict=True):
+        for i in range(steps):
+            t = i / steps
+            yield {**samples[0], **{k: (1 - t) * a[k] + t * b[k] for k in keys}}
+    yield {**samples[0], **{k: samples[-1][k] for k in keys}}
+
+
+class AvatarEvalMixin:
+    """Rendering, held-out evaluation, image logging and export for personal-avatar modules.
+
+    The host LightningModule provides ``head`` (:class:`HeadModel`), ``photometric``
+    (:class:`avatar_lightning.losses.PhotometricLoss`), ``eval_scores`` (from :func:`eval_metrics`),
+    ``hparams.render_backend`` (optional) and :meth:`canonical`.
+    """
+
+    head: HeadModel
+    eval_scores: nn.ModuleDict
+
+    def canonical(self, batch: Mapping[str, Tensor]) -> tuple[Gaussians, MeshBinding]:
+        """Batched canonical Gaussians [B, N, ...] for ``batch`` and their mesh binding."""
+        raise NotImplementedError
+
+    @property
+    def render_backend(self) -> str:
+        return str(getattr(self.hparams, "render_backend", "auto"))  # type: ignore[attr-defined]
+
+    def render(self, batch: Mapping[str, Tensor]) -> RenderOutput:
+        """Pose and render every view of ``batch``: rgb [B, V, 3, H, W]."""
+        gaussians, binding = self.canonical(batch)
+        return render_batch(batch, gaussians, binding, self.head, self.render_backend)
+
+    def photometric_loss(self, render: RenderOutput, batch: Mapping[str, Tensor]) -> Tensor:
+        """L_color on all views, ``[B, V, 3, H, W]`` flattened to images."""
+        return self.photometric(render.rgb.flatten(0, 1), batch["image"].flatten(0, 1)).total  # type: ignore[attr-defined]
+
+    # ----------------------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def update_scores(self, batch: Mapping[str, Tensor]) -> None:
+        """Render ``batch`` and add its images to the per-split PSNR / SSIM."""
+        pred = self.render(batch).rgb.clamp(0, 1)
+        for split, keep in split_masks(batch["frame"]).items():
+            if keep.any():
+                self.eval_scores[split].update(pred[keep].flatten(0, 1), batch["image"][keep].flatten(0, 1))
+
+    def compute_scores(self, reset: bool = True) -> dict[str, dict[str, float]]:
+        """``{split: {"psnr", "ssim"}}`` for the splits that saw images since the last reset."""
+        out: dict[str, dict[str, float]] = {}
+        for split in SPLITS:
+            metric = self.eval_scores[split]
+            if metric["psnr"].update_count:
+                out[split] = {k: float(v) for k, v in metric.compute().items()}
+            if reset:
+                metric.reset()
+        return out
+
+    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        self.update_scores(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        for split, values in self.compute_scores().items():
+            self.log_dict({f"val/{split}/{k}": v for k, v in values.items()})  # type: ignore[attr-defined]
+
+    @torch.no_grad()
+    def evaluate(self, batches: Iterable[Mapping[str, Tensor]]) -> dict[str, dict[str, float]]:
+        """Scores over held-out batches (moved to the module's device)."""
+        self.compute_scores(reset=True)
+        for batch in batches:
+            self.update_scores({k: v.to(self.device) for k, v in batch.items()})  # type: ignore[attr-defined]
+        return self.compute_scores()
+
+    @torch.no_grad()
+    def log_images(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The first sample's views as rows target | render | error, ``[3V, 3, H, W]``."""
+        sample = {k: v[:1] for k, v in batch.items()}
+        pred = self.render(sample).rgb[0].clamp(0, 1)
+        target = sample["image"][0]
+        return {"views": torch.stack([target, pred, error_map(pred, target)], dim=1).flatten(0, 1)}
+
+    # --------------------------------------------------------------------------------- export
+    @torch.no_grad()
+    def neutral_gaussians(self, sample: Mapping[str, Tensor]) -> Gaussians:
+        """World-space Gaussians of the neutral expression and rest pose (for the PLY), ``[N, ...]``."""
+        neutral = {**sample, "expr": torch.zeros_like(sample["expr"]), "pose": torch.zeros_like(sample["pose"])}
+        if "uv_expression" in neutral:
+            neutral["uv_expression"] = torch.zeros_like(neutral["uv_expression"])
+        gaussians, binding = self.canonical(neutral)
+        mesh = self.head(neutral["shape"], neutral["expr"], neutral["pose"], neutral["translation"])
+        return pose_gaussians(gaussians, mesh.vertex_transforms, self.head.faces, binding).map(lambda t: t[0])
+
+    def turntable_sample(self, sample: Mapping[str, Tensor], index: int, frames: int,
+                         elevation_deg: float) -> dict[str, Tensor]:
+        """``sample`` (neutral, B = 1) seen by the ``index``-th of ``frames`` orbit cameras (V = 1)."""
+        with torch.no_grad():
+            target = self.neutral_gaussians(sample).means.mean(0)
+        eye = torch.linalg.inv(sample["world_to_cam"][0, 0])[:3, 3]
+        w2c = orbit_cameras(frames, float((eye - target).norm()), elevation_deg, target.cpu())[index]
+        return {**sample, "world_to_cam": w2c[None, None].to(sample["K"]), "K": sample["K"][:, :1],
+                "image": sample["image"][:, :1], "expr": torch.zeros_like(sample["expr"]),
+                "pose": torch.zeros_like(sample["pose"])} | (
+            {"uv_expression": torch.zeros_like(sample["uv_expression"])} if "uv_expression" in sample else {})
+
+    def export_avatar(self, out_dir: str | Path, inputs: Mapping[str, Tensor],
+                      eval_batches: Iterable[Mapping[str, Tensor]], turntable_frames: int = 60,
+                      expression_steps: int = 12, fps: float = 25.0, elevation_deg: float = 10.0,
+                      extra_metrics: Mapping | None = None) -> dict[str, Path]:
+        """Write the avatar's user-facing outputs, each atomically, into ``out_dir``.
+
+        Files: ``avatar.ply`` (3DGS PLY, neutral pose), ``turntable.mp4``, ``expressions.mp4``
+        (driven through the held-out expressions, seen from the middle input camera),
+        ``metrics.json`` (held-out scores) and ``comparison.png`` (target | render | error of the
+        first held-out view). The checkpoint is written by the caller (it owns the trainer).
+
+        Args:
+            out_dir: destination folder.
+            inputs: the few-shot input sample (B = 1, V input views) on the module's device.
+            eval_batches: held-out schema batches.
+            turntable_frames: frames of the 360° turntable.
+            expression_steps: frames between consecutive held-out expressions.
+            fps: video frame rate.
+            elevation_deg: turntable camera elevation.
+            extra_metrics: merged into ``metrics.json`` (e.g. steps run, stage lengths).
+        """
+        out = Path(out_dir)
+        dev = self.device  # type: ignore[attr-defined]
+        eval_batches = [{k: v.to(dev) for k, v in b.items()} for b in eval_batches]
+        paths = {name: out / name for name in ("avatar.ply", "turntable.mp4", "expressions.mp4", "metrics.json",
+                                               "comparison.png")}
+        save_ply(paths["avatar.ply"], self.neutral_gaussians(inputs))
+        view = inputs["K"].shape[1] // 2
+
+        def frame_of(sample: Mapping[str, Tensor]) -> Tensor:
+            pick = slice(view, view + 1)
+            one = {**sample, "K": inputs["K"][:, pick], "world_to_cam": inputs["world_to_cam"][:, pick],
+                   "image": inputs["image"][:, pick]}
+            return self.render(one).rgb[0, 0].clamp(0, 1)
+
+        write_video(paths["turntable.mp4"], iter_rendered(lambda i: self.render(self.turntable_sample(
+            inputs, i, turntable_frames, elevation_deg)).rgb[0, 0].clamp(0, 1), turntable_frames), fps=fps)
+        expressions = self._distinct_expressions(eval_batches, inputs)
+        blended = list(interpolate_samples(expressions, expression_steps, self._expression_keys(inputs)))
+        write_video(paths["expressions.mp4"], iter_rendered(lambda i: frame_of(blended[i]), len(blended)), fps=fps)
+        with torch.no_grad():
+            first = {k: v[:1] for k, v in eval_batches[0].items()}
+            pred = self.render(first).rgb[0, 0].clamp(0, 1)
+            save_image(paths["comparison.png"], side_by_side(first["image"][0, 0], pred,
+                                                             error_map(pred, first["image"][0, 0])))
+        scores = self.evaluate(eval_batches)
+        write_metrics(paths["metrics.json"], {**scores, **(dict(extra_metrics) if extra_metrics else {})})
+        return paths
+
+    @staticmethod
+    def _expression_keys(inputs: Mapping[str, Tensor]) -> list[str]:
+        return [k for k in ("expr", "pose", "uv_expression") if k in inputs]
+
+    def _distinct_expressions(self, batches: list[Mapping[str, Tensor]], inputs: Mapping[str, Tensor]
+                              ) -> list[dict[str, Tensor]]:
+        """The input sample re-posed with each distinct held-out expression (by ``frame``), neutral first."""
+        seen: dict[int, dict[str, Tensor]] = {}
+        for batch in batches:
+            for i, f in enumerate(batch["frame"].tolist()):
+                if f not in seen:
+                    seen[f] = {**inputs, **{k: batch[k][i:i + 1] for k in self._expression_keys(inputs)}}
+        if not seen:
+            raise ValueError("export_avatar: no held-out samples to take expressions from")
+        ordered = [seen[f] for f in sorted(seen)]
+        return ordered + [ordered[0]] if len(ordered) > 1 else ordered * 2
+
+
+
+class AvatarCheckpointMixin:
+    """Keep the head model out of checkpoints (a user's licensed FLAME must not be copied into them)
+    and count the few-shot input images for :class:`callbacks.EMAEarlyStopping`'s step budget."""
+
+    n_input_frames: int
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        for key in [k for k in checkpoint["state_dict"] if k.startswith("head.")]:
+            del checkpoint["state_dict"][key]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"].update({f"head.{k}": v for k, v in self.head.state_dict().items()})  # type: ignore[attr-defined]
+
+    def count_input_frames(self) -> int:
+        """Images in one pass over the training data (B × V summed): SynShot's "training frames"."""
+        loader = self.trainer.train_dataloader  # type: ignore[attr-defined]
+        if loader is None:
+            return 0
+        return sum(int(b["image"].shape[0] * b["image"].shape[1]) for b in loader)
