@@ -244,7 +244,7 @@ def assemble_vertices(topo: Topology, q: dict[str, float], skin: Tensor | None =
 
 def eye_center(q: dict[str, float], side: int) -> tuple[float, float, float]:
     """Eyeball centre; side +1 = subject's left (+x)."""
-    return (side * q["eye_x"], q["eye_y"], 0.0735 - q["eye_depth"])
+    return (side * q["eye_x"], q["eye_y"], 0.0695 - q["eye_depth"])
 
 
 def slit_theta_for(mouth_y: float, z: float = 0.093) -> float:

@@ -109,7 +109,7 @@ def vertex_regions(v: np.ndarray, topo: Topology, q: dict[str, float], weights: 
     face = skin & ~scalp & ~ears & ~neck & ~boundary
     eyes = {s: np.array(eye_center(q, s)) for s in (1, -1)}
     eye_region = {s: face & (np.hypot(x - eyes[s][0], y - eyes[s][1]) < 0.026) & (z > 0.04) for s in (1, -1)}
-    lips = skin & (np.abs(x) < q["mouth_w"] * 1.15) & (np.abs(y - q["mouth_y"]) < 0.015) & (z > 0.07)
+    lips = skin & (np.abs(x) < q["mouth_w"] * 1.0) & (np.abs(y - q["mouth_y"]) < 0.0095) & (z > 0.075)
     nose_axis = (y < q["eye_y"]) & (y > q["eye_y"] - q["nose_len"] - 0.012)
     nose = face & nose_axis & (np.abs(x) < q["nose_w"] * 1.3) & (z > 0.08)
     idx = lambda m: np.nonzero(m)[0].astype(np.int64)  # noqa: E731
@@ -180,7 +180,9 @@ def expression_basis(v: np.ndarray, topo: Topology, q: dict[str, float]) -> tupl
         "upper_lip_raise": lambda: at(lm["upper_lip"] + [0, 0.003, 0], 0.009, (0, 0.003, 0.001)),
         "lower_lip_depress": lambda: at(lm["lower_lip"] + [0, -0.004, 0], 0.009, (0, -0.003, 0.001)),
         "mouth_stretch": lambda: corners(0.005, -0.001, -0.001),
-        "cheek_suck": lambda: pair((0.045, q["mouth_y"] + 0.008, 0.055), 0.014, (-0.004, 0, -0.001)),
+        # hollow under the cheekbone with the lips drawn in: not the mirror image of cheek_puff
+        "cheek_suck": lambda: pair((0.04, q["mouth_y"] + 0.018, 0.062), 0.009, (-0.0035, 0, -0.002))
+        + corners(-0.002, 0, 0.001, sigma=0.008),
         "eyes_wide": lambda: pair(eyes[1] + [0, 0.012, 0.006], 0.008, (0, 0.0025, 0.0005)),
     }
     basis = np.stack([fn() * movable[:, None] for fn in shapes.values()], -1)

@@ -85,7 +85,7 @@ def head_sdf(p: Tensor, q: dict[str, float]) -> Tensor:
     d = _smin(d, _lips(p, q), 0.006)
     for s in (-1, 1):
         d = _smin(d, _ear(p, q, s), 0.006)
-        socket = _ellipsoid(p, (s * q["eye_x"], q["eye_y"], 0.080 - q["eye_depth"]), (0.017, 0.010, 0.012))
+        socket = _ellipsoid(p, (s * q["eye_x"], q["eye_y"], 0.078 - q["eye_depth"]), (0.016, 0.0085, 0.012))
         d = _smax(d, -socket, 0.006)
     return d
 
@@ -108,8 +108,8 @@ def _nose(p: Tensor, q: dict[str, float]) -> Tensor:
 
 def _lips(p: Tensor, q: dict[str, float]) -> Tensor:
     w, t, y = q["mouth_w"], q["lip_t"], q["mouth_y"]
-    upper = _ellipsoid(p, (0, y + t * 0.55, 0.089), (w, t * 0.75, 0.011))
-    lower = _ellipsoid(p, (0, y - t * 0.65, 0.086), (w * 0.9, t * 0.85, 0.012))
+    upper = _ellipsoid(p, (0, y + t * 0.55, 0.086), (w, t * 0.7, 0.010))
+    lower = _ellipsoid(p, (0, y - t * 0.65, 0.083), (w * 0.85, t * 0.8, 0.011))
     return _smin(upper, lower, 0.003)
 
 
