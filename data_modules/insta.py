@@ -39,6 +39,7 @@ from data_modules.real_common import (
     require_keys,
     summary_line,
 )
+from data_modules.real_uv import build_uv_cache
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,9 @@ class INSTADataModule(RealHeadDataModule):
         n_shape: FLAME identity coefficients.
         n_expr: FLAME expression coefficients.
         background: RGB colour the RGBA images are composited on.
+        uv_size: side of the prior's UV input maps (``uv_*`` batch keys; the texture is each frame's
+            own image back-projected); 0 leaves them out.
+        head_model: ``"builtin"`` or the FLAME pickle the UV maps are built with (the model's head).
         batch_size: loader batch size.
         num_workers: loader worker processes.
     """
@@ -165,7 +169,7 @@ class INSTADataModule(RealHeadDataModule):
     def __init__(self, roots: list[str], tracker_dirs: list[str | None] | None = None, tracker_offset: int = 0,
                  n_test: int = 600, n_val: int = 20, few_shot: int | None = None, downsample: int = 1,
                  n_shape: int = 300, n_expr: int = 100, background: tuple[float, float, float] = (1.0, 1.0, 1.0),
-                 batch_size: int = 1, num_workers: int = 0) -> None:
+                 uv_size: int = 0, head_model: str = "builtin", batch_size: int = 1, num_workers: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
         if tracker_dirs is not None and len(tracker_dirs) != len(roots):
@@ -189,8 +193,22 @@ class INSTADataModule(RealHeadDataModule):
         self.splits = splits
         self.image_size = check_image_size(splits["train"], hp.downsample)
         bg = torch.tensor(hp.background, dtype=torch.float32)
-        self.datasets = {k: RealHeadDataset(v, hp.downsample, bg, None) for k, v in splits.items() if v}
+        self.datasets = {k: RealHeadDataset(v, hp.downsample, bg, None, self._uv(v, bg))
+                         for k, v in splits.items() if v}
         log.info(summary_line("INSTA", splits, self.image_size, "FLAME from " + "; ".join(sorted(set(sources)))))
+
+    def prepare_data(self) -> None:
+        """Fill the UV cache once (rank 0) before ``setup`` reads it on every rank."""
+        if self.hparams.uv_size > 0:
+            self.setup()
+            self.datasets = {}
+
+    def _uv(self, samples: list[Sample], bg: Tensor) -> list[Path] | None:
+        hp = self.hparams
+        if hp.uv_size <= 0:
+            return None
+        return build_uv_cache(samples, lambda s: s.views, hp.head_model, hp.uv_size, hp.n_shape, hp.n_expr, False,
+                              hp.downsample, bg, None)
 
     def _sequence_samples(self, seq: INSTASequence, identity: int) -> dict[str, list[Sample]]:
         hp = self.hparams
@@ -199,7 +217,8 @@ class INSTADataModule(RealHeadDataModule):
         shots = [train[j] for j in select_few_shot(expr, hp.few_shot).tolist()]
 
         def samples(indices: list[int] | range) -> list[Sample]:
-            return [Sample(views=[seq.views[i]], flame=seq.flame[i], identity=identity, frame=seq.numbers[i])
+            return [Sample(views=[seq.views[i]], flame=seq.flame[i], identity=identity, frame=seq.numbers[i],
+                           root=seq.root)
                     for i in indices]
 
         return {"train": samples(shots), "val": samples(val), "test": samples(test)}

@@ -39,6 +39,7 @@ from data_modules.real_common import (
     summary_line,
     thin,
 )
+from data_modules.real_uv import build_uv_cache
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,12 @@ class NeRSembleDataModule(RealHeadDataModule):
         n_shape: FLAME identity coefficients.
         n_expr: FLAME expression coefficients.
         background: RGB colour the images are composited on (the export uses white).
+        uv_size: side of the prior's UV input maps (``uv_*`` batch keys); 0 leaves them out.
+        head_model: ``"builtin"`` or the FLAME pickle the UV maps are built with (the model's head).
+        teeth: the head carries VHAP's teeth (VHAP tracks with them).
+        texture_cameras: cameras whose images of a sample's timestep are back-projected into its
+            ``uv_texture`` (3DRealHead: the frontal camera 8, or 8 plus two side views); None: the
+            sample's own views.
         batch_size: loader batch size.
         num_workers: loader worker processes.
     """
@@ -206,7 +213,8 @@ class NeRSembleDataModule(RealHeadDataModule):
                  views_per_sample: int = 1, train_ratio: float = 0.7, val_camera: int = 8,
                  few_shot: int | None = None, max_val_samples: int | None = None, n_shape: int = 300,
                  n_expr: int = 100, background: tuple[float, float, float] = (1.0, 1.0, 1.0),
-                 batch_size: int = 1, num_workers: int = 0) -> None:
+                 uv_size: int = 0, head_model: str = "builtin", teeth: bool = False,
+                 texture_cameras: list[int] | None = None, batch_size: int = 1, num_workers: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
         if identities is not None and len(identities) != len(roots):
@@ -220,19 +228,46 @@ class NeRSembleDataModule(RealHeadDataModule):
             return
         hp = self.hparams
         splits: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
+        self.sequences: dict[Path, VHAPSequence] = {}
         for i, root in enumerate(hp.roots):
             identity = hp.identities[i] if hp.identities is not None else i
-            for name, samples in self._sequence_samples(VHAPSequence(root, hp.n_shape, hp.n_expr), identity).items():
+            seq = VHAPSequence(root, hp.n_shape, hp.n_expr)
+            self.sequences[seq.root] = seq
+            for name, samples in self._sequence_samples(seq, identity).items():
                 splits[name].extend(samples)
         if not splits["train"]:
             raise ValueError(f"no training samples in {hp.roots}")
         splits["val"] = thin(splits["val"], hp.max_val_samples)
         self.splits = splits
         self.image_size = check_image_size(splits["train"], hp.downsample)
-        bg = torch.tensor(hp.background, dtype=torch.float32)
-        white = torch.ones(3)
-        self.datasets = {k: RealHeadDataset(v, hp.downsample, bg, white) for k, v in splits.items() if v}
+        bg, white = torch.tensor(hp.background, dtype=torch.float32), torch.ones(3)
+        self.datasets = {k: RealHeadDataset(v, hp.downsample, bg, white, self._uv(v, bg, white))
+                         for k, v in splits.items() if v}
         log.info(summary_line("NeRSemble (VHAP)", splits, self.image_size))
+
+    def prepare_data(self) -> None:
+        """Fill the UV cache once (rank 0) before ``setup`` reads it on every rank."""
+        if self.hparams.uv_size > 0:
+            self.setup()
+            self.datasets = {}
+
+    def _uv(self, samples: list[Sample], bg: Tensor, stored: Tensor) -> list[Path] | None:
+        hp = self.hparams
+        if hp.uv_size <= 0:
+            return None
+        sequences = self.sequences
+
+        def texture_views(s: Sample) -> list[View]:
+            if hp.texture_cameras is None:
+                return s.views
+            views = sequences[s.root].views[s.frame]
+            missing = [c for c in hp.texture_cameras if c not in views]
+            if missing:
+                raise ValueError(f"{s.root}: texture_cameras {missing} are not among cameras {sorted(views)}")
+            return [views[c] for c in hp.texture_cameras]
+
+        return build_uv_cache(samples, texture_views, hp.head_model, hp.uv_size, hp.n_shape, hp.n_expr, hp.teeth,
+                              hp.downsample, bg, stored)
 
     def _sequence_samples(self, seq: VHAPSequence, identity: int) -> dict[str, list[Sample]]:
         hp = self.hparams
@@ -242,7 +277,7 @@ class NeRSembleDataModule(RealHeadDataModule):
         shots = [train_t[i] for i in select_few_shot(expr, hp.few_shot).tolist()]
 
         def samples(timesteps: list[int], cameras: list[int], per_sample: int) -> list[Sample]:
-            return [Sample(views=g, flame=seq.flame[t], identity=identity, frame=t)
+            return [Sample(views=g, flame=seq.flame[t], identity=identity, frame=t, root=seq.root)
                     for t in timesteps for g in group_views(seq, t, cameras, per_sample)] if cameras else []
 
         return {"train": samples(shots, train_cams, hp.views_per_sample),

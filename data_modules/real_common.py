@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from avatar_lightning.io import load_image
+from data_modules.uv_cache import read_cached
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class Sample:
     flame: FlameParams
     identity: int
     frame: int
-    extras: dict[str, Any] = field(default_factory=dict)
+    root: Path | None = None  # the sequence folder (UV maps are cached inside it)
 
 
 def read_json(path: Path, what: str) -> dict:
@@ -167,13 +167,13 @@ def load_view_pixels(view: View, factor: int, background: Tensor, stored_backgro
         raise ValueError(f"mask {view.mask_path} is {list(mask.shape[-2:])} but image {view.image_path} is "
                          f"{list(pixels.shape[-2:])}")
     rgb = pixels[:3] if pixels.shape[0] >= 3 else pixels[:1].expand(3, -1, -1)
-    bg = background.view(3, 1, 1)
-    if stored_background is None:
-        rgb = rgb * mask + bg * (1 - mask)
-    else:
-        # undo the stored compositing exactly (rgb = fg·a + stored·(1 - a)), then redo it on bg
-        rgb = rgb + (bg - stored_background.view(3, 1, 1)) * (1 - mask)
-    return downsample(rgb.clamp(0, 1), factor), downsample(mask, factor)
+    # premultiplied foreground fg·a: linear in the pixels, so area down-sampling commutes with the
+    # compositing below and the full-resolution work is one multiply-add
+    # (a stored composite is fg·a + stored_bg·(1 - a))
+    premultiplied = rgb * mask if stored_background is None else rgb - stored_background.view(3, 1, 1) * (1 - mask)
+    premultiplied, mask = downsample(premultiplied, factor), downsample(mask, factor)
+    image = premultiplied + background.view(3, 1, 1) * (1 - mask)
+    return image.clamp(0, 1), mask
 
 
 class RealHeadDataset(Dataset):
@@ -184,11 +184,12 @@ class RealHeadDataset(Dataset):
         downsample: integer image down-sampling factor; K is scaled to match.
         background: Tensor  # [3] colour the images are composited on.
         stored_background: Tensor  # [3] colour stored RGB images already sit on, None for RGBA.
-        uv: optional per-sample UV maps ``{"uv_texture": [3,h,w], ...}``, aligned with ``samples``.
+        uv: optional per-sample UV cache files (``uv_texture``, ``uv_position``, ``uv_expression``,
+            each [3, h, w]), aligned with ``samples``; read per item.
     """
 
     def __init__(self, samples: list[Sample], downsample: int, background: Tensor,
-                 stored_background: Tensor | None, uv: list[dict[str, Tensor]] | None = None) -> None:
+                 stored_background: Tensor | None, uv: list[Path] | None = None) -> None:
         if len({len(s.views) for s in samples}) > 1:
             raise ValueError("all samples of a dataset must have the same number of views")
         self.samples = samples
@@ -219,7 +220,7 @@ class RealHeadDataset(Dataset):
         if s.flame.static_offset is not None:
             item["static_offset"] = s.flame.static_offset
         if self.uv is not None:
-            item.update(self.uv[index])
+            item.update(read_cached(self.uv[index]))
         return item
 
 

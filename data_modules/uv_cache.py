@@ -45,20 +45,46 @@ class UVCache:
         """The cached maps for ``key``, computing and storing them on a miss.
 
         A cache file that cannot be read (an interrupted copy, a torch version change) is
-        recomputed and replaced rather than failing the run; the writes are atomic, so this
-        never happens through an interrupted write of ours.
+        recomputed and replaced rather than failing the run; our own writes are atomic.
         """
         path = self.path(key)
         if path.is_file():
-            try:
-                maps = torch.load(path, map_location="cpu", weights_only=True)
+            maps = self._read(path)
+            if maps is not None:
                 self.hits += 1
                 return maps
-            except Exception as err:  # torch.load raises several unrelated types for corrupt files
-                log.warning("UV cache file %s is unreadable (%s); recomputing it", path, err)
+        return self._write(key, compute)
+
+    def ensure(self, key: str, compute: Callable[[], dict[str, Tensor]]) -> Path:
+        """Make sure ``key`` is cached (without reading it back when it is); return its file."""
+        path = self.path(key)
+        if path.is_file():
+            self.hits += 1
+        else:
+            self._write(key, compute)
+        return path
+
+    def _read(self, path: Path) -> dict[str, Tensor] | None:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch.load raises several unrelated types for corrupt files
+            log.warning("UV cache file %s is unreadable (%s); recomputing it", path, err)
+            return None
+
+    def _write(self, key: str, compute: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:
         if not (self.dir / "config.json").is_file():
             write_json(self.dir / "config.json", self.config)
         maps = {k: v.detach().cpu().contiguous() for k, v in compute().items()}
-        torch_save(path, maps)
+        torch_save(self.path(key), maps)
         self.misses += 1
         return maps
+
+
+def read_cached(path: Path) -> dict[str, Tensor]:
+    """Read one cached map file (a dataset item), naming it if it is gone or unreadable."""
+    if not path.is_file():
+        raise FileNotFoundError(f"UV cache file missing: {path} (delete its folder to rebuild the cache)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch.load raises several unrelated types for corrupt files
+        raise ValueError(f"UV cache file {path} is unreadable ({err}); delete it to rebuild") from err

@@ -250,9 +250,14 @@ def write_tracker_frame(out: Path, fid: str, truth: Truth, t: int, size: int) ->
 
 
 @functools.cache
-def fixture_head(n_shape: int = 10, n_expr: int = 8, teeth: bool = False):
-    """A small head read through the FLAME loader from a FLAME-format pickle (written once per process)."""
+def fixture_flame_path() -> Path:
+    """``generic_model.pkl`` of the small FLAME-format test head (written once per process)."""
     from tests.flame_fixture import write_flame_fixture
 
-    paths = write_flame_fixture(tempfile.mkdtemp(prefix="flame_fixture_"))
-    return load_head_model(paths.model, n_shape=n_shape, n_expr=n_expr, teeth=teeth)
+    return write_flame_fixture(tempfile.mkdtemp(prefix="flame_fixture_")).model
+
+
+@functools.cache
+def fixture_head(n_shape: int = 10, n_expr: int = 8, teeth: bool = False):
+    """The small head read through the FLAME loader from :func:`fixture_flame_path`."""
+    return load_head_model(fixture_flame_path(), n_shape=n_shape, n_expr=n_expr, teeth=teeth)

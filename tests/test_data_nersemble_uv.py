@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 
+import pytest
 import torch
 
+from avatar_lightning.batch import validate_batch
+from avatar_lightning.head.uv import position_map, uv_rasterize
+from data_modules import INSTADataModule, NeRSembleDataModule
 from data_modules.uv_cache import CACHE_DIR, UVCache
+from tests.real_fixtures import build_insta_fixture, build_vhap_fixture, fixture_flame_path, fixture_head
 
 
 def test_cache_computes_once_per_config(tmp_path):
@@ -35,3 +41,63 @@ def test_unreadable_cache_file_is_recomputed(tmp_path):
     out = fresh.get("k", lambda: {"uv_texture": torch.ones(3, 2, 2)})
     assert out["uv_texture"].min() == 1 and fresh.misses == 1
     assert UVCache(tmp_path, {"uv_size": 4}).get("k", lambda: {})["uv_texture"].min() == 1
+
+
+SKIN = torch.tensor([200.0, 160.0, 140.0]) / 255  # the fixtures' mean foreground colour
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vhap_uv") / "seq"
+    build_vhap_fixture(root, fixture_head(), n_timesteps=4, cameras=(2, 8, 14))
+    return root
+
+
+def nersemble(root, **kwargs) -> NeRSembleDataModule:
+    head = fixture_head()
+    dm = NeRSembleDataModule([str(root)], n_shape=head.n_shape, n_expr=head.n_expr, train_ratio=0.5, uv_size=32,
+                             head_model=str(fixture_flame_path()), batch_size=2, **kwargs)
+    dm.setup("fit")
+    return dm
+
+
+def assert_texture_is_the_head(batch: dict) -> None:
+    """Back-projecting through the loaded cameras must land on the head: skin colour, wide coverage."""
+    raster_valid = batch["uv_position"].abs().sum(1) > 0  # [B, h, w] texels of the layout
+    seen = batch["uv_texture"].abs().sum(1) > 0
+    assert (seen.sum() / raster_valid.sum()) > 0.2
+    mean = batch["uv_texture"].permute(0, 2, 3, 1)[seen].mean(0)
+    torch.testing.assert_close(mean, SKIN, atol=0.06, rtol=0)
+
+
+def test_nersemble_uv_inputs_are_cached_and_right(export, caplog):
+    with caplog.at_level(logging.INFO, logger="data_modules.real_uv"):
+        dm = nersemble(export, texture_cameras=[8])
+    assert "UV inputs 32x32: 2 computed" in caplog.text  # 2 training timesteps x camera 8
+    batch = next(iter(dm.train_dataloader()))
+    dims = validate_batch(batch, require_uv=True)
+    assert dims["h"] == dims["w"] == 32
+    assert_texture_is_the_head(batch)
+    head = fixture_head()
+    raster = uv_rasterize(head.uv_coords, head.uv_faces, 32)
+    neutral = head.canonical(batch["shape"][:1], torch.zeros_like(batch["expr"][:1]))[0]
+    torch.testing.assert_close(batch["uv_position"][0], position_map(raster, neutral, head.faces))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="data_modules.real_uv"):
+        nersemble(export, texture_cameras=[8])
+    assert "UV inputs 32x32: 0 computed" in caplog.text
+    with pytest.raises(ValueError, match=r"texture_cameras \[5\] are not among cameras \[2, 8, 14\]"):
+        nersemble(export, texture_cameras=[5])
+
+
+def test_insta_uv_inputs(tmp_path):
+    head = fixture_head()
+    build_insta_fixture(tmp_path / "actor", head, n_frames=6, tracker_dir=tmp_path / "tracker")
+    dm = INSTADataModule([str(tmp_path / "actor")], tracker_dirs=[str(tmp_path / "tracker")], n_test=2, n_val=1,
+                         n_shape=head.n_shape, n_expr=head.n_expr, uv_size=32, head_model=str(fixture_flame_path()),
+                         batch_size=4)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    validate_batch(batch, require_uv=True)
+    assert_texture_is_the_head(batch)
+    assert (tmp_path / "actor" / CACHE_DIR).is_dir()

@@ -1,0 +1,73 @@
+"""The prior's UV inputs for real-data samples, computed once with the head toolkit and cached.
+
+Each sample gets ``uv_texture`` (its texture views back-projected onto UV through the posed mesh),
+``uv_position`` (the neutral identity, SynShot's x_verts) and ``uv_expression`` (x_exp), all from
+:func:`avatar_lightning.head.texture.uv_inputs`. Maps are written to ``<sequence>/.uv_cache/<hash>/``
+(:class:`~data_modules.uv_cache.UVCache`) and read lazily per item, so RAM does not grow with
+the dataset.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from avatar_lightning.head.model import load_head_model
+from avatar_lightning.head.texture import uv_inputs
+from avatar_lightning.head.uv import uv_rasterize
+from data_modules.real_common import Sample, View, load_view_pixels, scale_intrinsics
+from data_modules.uv_cache import UVCache
+
+log = logging.getLogger(__name__)
+
+#: Bump when the way maps are computed changes, so old caches are not reused.
+UV_FORMAT = 1
+
+
+def sample_uv(head, raster, sample: Sample, views: list[View], factor: int, background: Tensor,
+              stored_background: Tensor | None) -> dict[str, Tensor]:
+    """UV maps of one sample, back-projecting ``views`` (of the sample's frame) for the texture."""
+    pixels = [load_view_pixels(v, factor, background, stored_background) for v in views]
+    f = sample.flame
+    return uv_inputs(head, raster, f.shape, f.expr, torch.stack([p[0] for p in pixels]),
+                     torch.stack([p[1] for p in pixels]), torch.stack([scale_intrinsics(v.K, factor) for v in views]),
+                     torch.stack([v.world_to_cam for v in views]), f.pose, f.translation)
+
+
+def build_uv_cache(samples: list[Sample], texture_views: Callable[[Sample], list[View]], head_model: str,
+                   uv_size: int, n_shape: int, n_expr: int, teeth: bool, factor: int, background: Tensor,
+                   stored_background: Tensor | None) -> list[Path]:
+    """Make sure every sample's UV maps are cached beside its data; return the cache file per sample.
+
+    Args:
+        samples: the samples (each with ``root`` set: the cache goes inside that folder).
+        texture_views: which views of a sample's frame to back-project for its texture.
+        head_model: ``"builtin"`` or the FLAME pickle — the same head the model uses.
+        uv_size: side of the square UV maps.
+        n_shape, n_expr: coefficients the head takes (the data's S and E).
+        teeth: whether the head carries VHAP's teeth.
+        factor: image down-sampling used for back-projection (the training resolution).
+        background, stored_background: as for :class:`~data_modules.real_common.RealHeadDataset`.
+    """
+    head = load_head_model(head_model, n_shape=n_shape, n_expr=n_expr, teeth=teeth)
+    raster = uv_rasterize(head.uv_coords, head.uv_faces, uv_size)
+    config = {"format": UV_FORMAT, "head_model": str(head_model), "uv_size": uv_size, "n_shape": n_shape,
+              "n_expr": n_expr, "teeth": teeth, "downsample": factor, "background": background.tolist()}
+    caches: dict[Path, UVCache] = {}
+    paths = []
+    for s in samples:
+        if s.root is None:
+            raise ValueError(f"sample (identity {s.identity}, frame {s.frame}) has no root to cache UV maps in")
+        views = texture_views(s)
+        cache = caches.setdefault(s.root, UVCache(s.root, config))
+        key = f"{s.frame:06d}_" + "-".join(str(v.camera) for v in views)
+        paths.append(cache.ensure(key, lambda s=s, views=views: sample_uv(head, raster, s, views, factor,
+                                                                          background, stored_background)))
+    computed = sum(c.misses for c in caches.values())
+    log.info("UV inputs %dx%d: %d computed, %d from cache (%s)", uv_size, uv_size, computed,
+             len(samples) - computed, ", ".join(str(c.dir) for c in caches.values()))
+    return paths
