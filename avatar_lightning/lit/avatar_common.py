@@ -196,7 +196,7 @@ class AvatarEvalMixin:
         blended = list(interpolate_samples(expressions, expression_steps, self._expression_keys(inputs)))
         write_video(paths["expressions.mp4"], iter_rendered(lambda i: frame_of(blended[i]), len(blended)), fps=fps)
         with torch.no_grad():
-            first = {k: v[:1] for k, v in eval_batches[0].items()}
+            first = {k: v[:1] for k, v in (eval_batches[0] if eval_batches else inputs).items()}
             pred = self.render(first).rgb[0, 0].clamp(0, 1)
             save_image(paths["comparison.png"], side_by_side(first["image"][0, 0], pred,
                                                              error_map(pred, first["image"][0, 0])))
@@ -216,8 +216,8 @@ class AvatarEvalMixin:
             for i, f in enumerate(batch["frame"].tolist()):
                 if f not in seen:
                     seen[f] = {**inputs, **{k: batch[k][i:i + 1] for k in self._expression_keys(inputs)}}
-        if not seen:
-            raise ValueError("export_avatar: no held-out samples to take expressions from")
+        if not seen:  # no held-out data: the video shows the input expression only
+            seen[0] = dict(inputs)
         ordered = [seen[f] for f in sorted(seen)]
         return ordered + [ordered[0]] if len(ordered) > 1 else ordered * 2
 

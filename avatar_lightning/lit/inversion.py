@@ -1,0 +1,282 @@
+"""Few-shot inversion of the SynShot prior: two-stage pivotal tuning (SynShot §3.3).
+
+Stage 1 optimises only the identity encoder E_id (everything else frozen) on the few input images,
+starting from the texture back-projected from them: the identity code z_id it predicts is the
+"pivot". Stage 2 freezes z_id (its decoded code is cached) and fine-tunes D_feat, D_id, D_expr and
+every part's R_color / R_gauss; E_expr stays frozen because it must keep modelling expressions
+independently of the subject. Stage 1 lasts ``stage1_steps_per_frame × n_input_frames`` steps;
+stage 2 runs until :class:`callbacks.EMAEarlyStopping` stops the trainer (warm-up, then a plateau
+of the loss's exponential moving average, or its step budget of ``max_steps_per_frame × frames``).
+
+Loss: L = L_color (+ L_id + L_arc when an ArcFace checkpoint is given, Table 2) (+ the prior's
+Gaussian regularisers, weighted by ``reg_weight``).
+
+Frozen sub-networks stay in eval mode throughout: the VQ codebooks would otherwise keep updating
+their EMA statistics and restarting "dead" codes from the few inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+
+from avatar_lightning.batch import validate_batch
+from avatar_lightning.io import atomic_path
+from avatar_lightning.lit.assemble import Assembled
+from avatar_lightning.lit.avatar_common import AvatarCheckpointMixin, AvatarEvalMixin, eval_metrics
+from avatar_lightning.lit.render_step import MeshBinding, render_batch
+from avatar_lightning.lit.synshot_prior import SynShotPrior
+from avatar_lightning.losses import PhotometricLoss
+from avatar_lightning.losses.identity import IdentityLoss
+from avatar_lightning.render import Gaussians
+
+log = logging.getLogger(__name__)
+
+#: the paper's components each stage trains (names of ``SynShotNet.paper_modules``).
+STAGE1_MODULES = ("E_id",)
+STAGE2_PREFIXES = ("D_feat", "D_id", "D_expr", "R_color/", "R_gauss/")
+
+
+def find_prior_checkpoint(spec: str | os.PathLike = "latest", runs_dir: str | os.PathLike = "runs") -> Path:
+    """Resolve the prior checkpoint to invert.
+
+    Args:
+        spec: a ``.ckpt`` path, or ``"latest"``: the newest checkpoint under ``runs_dir`` that holds
+            a SynShot prior (its state dict has the identity encoder ``net.enc_id``).
+        runs_dir: where ``lightning fit -c experiments/prior.yaml`` writes its runs.
+
+    Raises:
+        FileNotFoundError: naming the path, or ``runs_dir`` and what was looked for.
+    """
+    if str(spec) != "latest":
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"prior checkpoint not found: {path}")
+        return path
+    root = Path(runs_dir)
+    candidates = sorted(root.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True) if root.is_dir() else []
+    for path in candidates:
+        try:
+            state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        except Exception as err:  # a half-copied or foreign file: skip it, say so
+            log.warning("skipping unreadable checkpoint %s (%s)", path, err)
+            continue
+        if any(k.startswith("net.enc_id.") for k in state.get("state_dict", {})) and "prior_hparams" not in state.get(
+                "hyper_parameters", {}):
+            return path
+    raise FileNotFoundError(f"no SynShot prior checkpoint (*.ckpt with net.enc_id weights) under {root.resolve()}; "
+                            "train one first: lightning fit -c experiments/prior.yaml, or pass prior_checkpoint=PATH")
+
+
+class SynShotInversion(AvatarCheckpointMixin, AvatarEvalMixin, LightningModule):
+    """Invert a trained SynShot prior onto a few images of one subject (pivotal tuning, §3.3).
+
+    Args:
+        prior_checkpoint: path of a ``SynShotPrior`` checkpoint, or ``"latest"`` (newest under ``runs_dir``).
+        runs_dir: where ``"latest"`` looks.
+        stage1_steps_per_frame: stage-1 (E_id) steps per input image (SynShot scales steps by ×10).
+        lr_stage1: Adam lr of E_id in stage 1.
+        lr_stage2: Adam lr of the decoders and regressors in stage 2.
+        l1_weight: α of L_color (Eq. 5).
+        ssim_weight: β of L_color.
+        lpips_weight: γ of L_color (SynShot's "VGG" term); > 0 needs the ``lpips`` package and weights.
+        id_weight: weight of L_id (ArcFace cosine, Table 2); > 0 needs ``arcface_checkpoint``.
+        arc_weight: weight of L_arc (ArcFace features, Table 2); > 0 needs ``arcface_checkpoint``.
+        arcface_checkpoint: insightface ``arcface_torch`` ``backbone.pth`` (user-supplied).
+        arcface_arch: its backbone (``iresnet50`` / ``iresnet100``).
+        reg_weight: multiplier of the prior's Gaussian regularisers (offsets, opacity, SH l ≥ 1).
+        output_dir: where the avatar outputs go at the end of fit (None: not written).
+        turntable_frames: frames of the 360° turntable video.
+        expression_steps: video frames between consecutive held-out expressions.
+        fps: frame rate of both videos.
+        render_backend: rasteriser backend (``"auto"``, ``"torch"``, ``"gsplat"``).
+        prior_hparams: the prior's hyper-parameters; set automatically so that an inversion
+            checkpoint rebuilds without the prior file. Leave unset.
+    """
+
+    def __init__(self, prior_checkpoint: str = "latest", runs_dir: str = "runs", stage1_steps_per_frame: int = 10,
+                 lr_stage1: float = 1e-4, lr_stage2: float = 1e-4, l1_weight: float = 1.0, ssim_weight: float = 0.2,
+                 lpips_weight: float = 0.0, id_weight: float = 0.0, arc_weight: float = 0.0,
+                 arcface_checkpoint: str | None = None, arcface_arch: str = "iresnet100", reg_weight: float = 1.0,
+                 output_dir: str | None = None, turntable_frames: int = 60, expression_steps: int = 12,
+                 fps: float = 25.0, render_backend: str = "auto", prior_hparams: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        if prior_hparams is None:
+            path = find_prior_checkpoint(prior_checkpoint, runs_dir)
+            rank_zero_info(f"SynShotInversion: inverting the prior {path}")
+            prior = SynShotPrior.load_from_checkpoint(path, map_location="cpu")
+            prior_hparams = dict(prior.hparams)
+        else:  # restoring an inversion checkpoint: its state dict holds the (fine-tuned) weights
+            prior = SynShotPrior(**prior_hparams)
+        self.save_hyperparameters()
+        self.hparams["prior_hparams"] = prior_hparams
+        self.net, self.head, self.assembler = prior.net, prior.head, prior.assembler
+        self.regularizer = prior.regularizer
+        self.photometric = PhotometricLoss(l1_weight, ssim_weight, lpips_weight)
+        self.identity_loss = None
+        if id_weight > 0 or arc_weight > 0:
+            self.identity_loss = IdentityLoss(arcface_checkpoint, arch=arcface_arch)
+        self.eval_scores = eval_metrics()
+        res = self.net.map_resolution
+        self.register_buffer("stage", torch.tensor(1))
+        self.register_buffer("x_tex", torch.zeros(1, 3, res, res))
+        self.register_buffer("x_verts", torch.zeros(1, 3, res, res))
+        self.register_buffer("identity_captured", torch.tensor(False))
+        self.net.eval()  # before any forward: a training-mode quantiser would update its codebook
+        with torch.no_grad():
+            code = self.net.encode_identity(self.x_tex, self.x_verts).code
+        self.register_buffer("pivot", torch.zeros_like(code))  # the fixed identity code of stage 2
+        self.n_input_frames = 0
+        self.inputs: dict[str, Tensor] | None = None
+        self.loss_history: list[tuple[int, int, float]] = []  # (step, stage, loss): SynShot Fig. 11
+        self.apply_stage(1)
+
+    # ---------------------------------------------------------------------------------- stages
+    def stage_parameters(self, stage: int) -> list[nn.Parameter]:
+        """The parameters stage ``stage`` (1 or 2) optimises."""
+        named = self.net.paper_modules()
+        if stage == 1:
+            keep = [m for name, m in named.items() if name in STAGE1_MODULES]
+        elif stage == 2:
+            keep = [m for name, m in named.items() if name.startswith(STAGE2_PREFIXES)]
+        else:
+            raise ValueError(f"stage must be 1 or 2, got {stage}")
+        return [p for m in keep for p in m.parameters()]
+
+    def apply_stage(self, stage: int) -> None:
+        """Freeze everything but the parameters of ``stage``."""
+        self.requires_grad_(False)
+        for p in self.stage_parameters(stage):
+            p.requires_grad_(True)
+        self.stage.fill_(stage)
+
+    @property
+    def stage1_steps(self) -> int:
+        return self.hparams.stage1_steps_per_frame * max(self.n_input_frames, 1)
+
+    @torch.no_grad()
+    def switch_to_stage2(self) -> None:
+        """Fix z_id (cache the code the decoders read) and hand the optimiser to the decoders."""
+        self.pivot.copy_(self.net.encode_identity(self.x_tex, self.x_verts).code)
+        self.apply_stage(2)
+        rank_zero_info(f"SynShotInversion: stage 2 (decoders + regressors) from step {self.global_step}")
+
+    def train(self, mode: bool = True) -> SynShotInversion:
+        """Keep the prior network in eval mode (see the module docstring)."""
+        super().train(mode)
+        self.net.eval()
+        return self
+
+    # -------------------------------------------------------------------------------- forward
+    def identity_code(self) -> Tensor:
+        """The code D_* read for the subject, ``[1, n_id, h, w]``: E_id's in stage 1, the pivot in stage 2."""
+        if int(self.stage) == 2:
+            return self.pivot
+        return self.net.encode_identity(self.x_tex, self.x_verts).code
+
+    def assemble(self, batch: Mapping[str, Tensor]) -> Assembled:
+        """Decode the subject's code with each sample's expression map into canonical Gaussians."""
+        expr_code = self.net.encode_expression(batch["uv_expression"]).code
+        id_code = self.identity_code()
+        maps = self.net.decode(id_code.expand(expr_code.shape[0], *id_code.shape[1:]), expr_code)
+        return self.assembler(self.net, maps)
+
+    def canonical(self, batch: Mapping[str, Tensor]) -> tuple[Gaussians, MeshBinding]:
+        assembled = self.assemble(batch)
+        return assembled.gaussians, assembled.binding
+
+    @torch.no_grad()
+    def capture_identity(self, batch: Mapping[str, Tensor]) -> None:
+        """Store the subject's UV inputs (texture back-projected from the inputs, neutral positions)."""
+        self.x_tex.copy_(batch["uv_texture"][:1])
+        self.x_verts.copy_(batch["uv_position"][:1])
+        self.identity_captured.fill_(True)
+
+    # ------------------------------------------------------------------------------ Lightning
+    def on_train_start(self) -> None:
+        self.n_input_frames = self.count_input_frames()
+        for cb in self.trainer.callbacks:
+            if hasattr(cb, "warmup_steps") and cb.warmup_steps < self.stage1_steps:
+                # early stopping must not end the run before stage 2 has started and warmed up
+                rank_zero_info(f"SynShotInversion: raising {type(cb).__name__}.warmup_steps from {cb.warmup_steps} "
+                               f"to {2 * self.stage1_steps} (stage 1 lasts {self.stage1_steps} steps)")
+                cb.warmup_steps = 2 * self.stage1_steps
+
+    def on_train_batch_start(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        if not bool(self.identity_captured):
+            validate_batch(batch, require_uv=True)
+            self.capture_identity(batch)
+        if self.inputs is None:
+            self.inputs = {k: v[:1].detach() for k, v in batch.items()}
+        if int(self.stage) == 1 and self.global_step >= self.stage1_steps:
+            self.switch_to_stage2()
+
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        assembled = self.assemble(batch)
+        render = render_batch(batch, assembled.gaussians, assembled.binding, self.head, self.render_backend)
+        terms = self.losses(batch, assembled, render.rgb)
+        stage = int(self.stage)
+        logs = {f"train/{k}": v.detach() for k, v in terms.items()} | {
+            "train/stage": float(stage), f"train/loss_stage{stage}": terms["loss"].detach()}
+        self.log_dict(logs, on_step=True, prog_bar=False, batch_size=batch["image"].shape[0])
+        self.loss_history.append((self.global_step, stage, float(terms["loss"])))
+        return terms["loss"]
+
+    def losses(self, batch: Mapping[str, Tensor], assembled: Assembled, rgb: Tensor) -> dict[str, Tensor]:
+        """Named inversion loss terms and their total ``"loss"``; rgb: ``[B, V, 3, H, W]``."""
+        hp = self.hparams
+        photo = self.photometric(rgb.flatten(0, 1), batch["image"].flatten(0, 1))
+        g = assembled.gaussians
+        reg = self.regularizer(assembled.d_position, assembled.d_scale, assembled.d_opacity, g.sh.flatten(0, 1))
+        terms = {"photometric": photo.total, "l1": photo.l1, "reg": reg.total}
+        total = photo.total + hp.reg_weight * reg.total
+        if self.identity_loss is not None:
+            ident = self.identity_loss(rgb.flatten(0, 1), batch["image"].flatten(0, 1), batch["mask"].flatten(0, 1))
+            terms.update(id=ident.id, arc=ident.arc)
+            total = total + hp.id_weight * ident.id + hp.arc_weight * ident.arc
+        terms["loss"] = total
+        return terms
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        # One Adam, one group per stage: frozen parameters get no gradient, and Adam skips those.
+        return torch.optim.Adam([{"params": self.stage_parameters(1), "lr": self.hparams.lr_stage1},
+                                 {"params": self.stage_parameters(2), "lr": self.hparams.lr_stage2}])
+
+    def on_fit_end(self) -> None:
+        if self.hparams.output_dir and self.trainer.is_global_zero:
+            self.write_outputs(self.hparams.output_dir)
+
+    def write_outputs(self, out_dir: str | os.PathLike) -> dict[str, Path]:
+        """Checkpoint + PLY + turntable / expression MP4s + ``metrics.json`` (held-out), all atomic."""
+        if self.inputs is None:
+            raise RuntimeError("SynShotInversion.write_outputs: no training batch was seen (nothing was inverted)")
+        out = Path(out_dir)
+        with atomic_path(out / "avatar.ckpt") as tmp:
+            self.trainer.save_checkpoint(tmp)
+        dm = self.trainer.datamodule
+        eval_loader = dm.val_dataloader() if dm is not None else (self.trainer.val_dataloaders or [])
+        extra = {"steps": self.global_step, "stage1_steps": self.stage1_steps, "n_input_frames": self.n_input_frames}
+        paths = self.export_avatar(out, {k: v.to(self.device) for k, v in self.inputs.items()}, eval_loader,
+                                   self.hparams.turntable_frames, self.hparams.expression_steps, self.hparams.fps,
+                                   extra_metrics=extra)
+        return {"avatar.ckpt": out / "avatar.ckpt", **paths}
+
+    # ---------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["inversion"] = {"loss_history": self.loss_history}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("inversion", {})
+        self.loss_history = list(state.get("loss_history", []))
+        stage = int(checkpoint["state_dict"].get("stage", torch.tensor(1)))
+        self.apply_stage(stage)
