@@ -18,6 +18,7 @@ from torch import Tensor
 from avatar_lightning.head.raster import barycentric
 from avatar_lightning.head.uv import UVRaster, uv_to_pixels
 from avatar_lightning.render import Gaussians, quat_multiply, rotmat_to_quat
+from avatar_lightning.render.sh import sh_basis, sh_degree_from_bases
 
 
 @dataclass
@@ -97,6 +98,46 @@ def pose_gaussians(canonical: Gaussians, transforms: Tensor) -> Gaussians:
                          f"means {list(canonical.means.shape)}, transforms {list(transforms.shape)}")
     A = transforms[..., :3, :3]
     means = (A @ canonical.means[..., None])[..., 0] + transforms[..., :3, 3]
-    quats = quat_multiply(rotmat_to_quat(closest_rotation(A)), canonical.quats)
+    R = closest_rotation(A)
+    quats = quat_multiply(rotmat_to_quat(R), canonical.quats)
     return Gaussians(means=means, quats=quats, scales=canonical.scales, opacities=canonical.opacities,
-                     sh=canonical.sh)
+                     sh=rotate_sh(canonical.sh, R))
+
+
+def _probe_dirs(n: int) -> Tensor:
+    """``n`` fixed, well-spread unit directions (a Fibonacci sphere) to fit one SH band."""
+    k = torch.arange(n, dtype=torch.float64) + 0.5
+    z = 1 - 2 * k / n
+    phi = k * torch.pi * (3 - 5**0.5) + 0.3
+    r = (1 - z * z).sqrt()
+    return torch.stack([r * phi.cos(), r * phi.sin(), z], -1)
+
+
+def rotate_sh(sh: Tensor, R: Tensor) -> Tensor:
+    """Rotate view-dependent colour with the Gaussians: c' such that f'(d) = f(Rᵀd).
+
+    Rotations keep SH bands separate, so each band l is refitted exactly (least squares, over
+    more probe directions than the band's 2l+1 coefficients): A c' = B c with A = Y_l(D),
+    B = Y_l(Rᵀ D). Without this, a posed avatar's
+    view-dependent colour would stay fixed in the world while its geometry turns.
+
+    Args:
+        sh: Tensor  # [..., K, 3]
+        R: Tensor  # [..., 3, 3] rotations (broadcast with ``sh``'s leading axes).
+
+    Returns:
+        Tensor  # [..., K, 3]
+    """
+    degree = sh_degree_from_bases(sh.shape[-2])
+    if degree == 0:
+        return sh
+    out = [sh[..., :1, :]]
+    for band in range(1, degree + 1):
+        lo, hi = band * band, (band + 1) ** 2
+        D = _probe_dirs(4 * (hi - lo)).to(sh)
+        A_pinv = torch.linalg.pinv(sh_basis(band, D)[:, lo:hi])  # [m, P]
+        rotated = torch.einsum("...ji,kj->...ki", R, D)  # Rᵀ d for every probe
+        B = sh_basis(band, rotated)[..., lo:hi]  # [..., P, m]
+        M = A_pinv @ B  # [..., m, m]
+        out.append(M @ sh[..., lo:hi, :])
+    return torch.cat(out + [sh[..., (degree + 1) ** 2:, :]], -2)
