@@ -1,14 +1,21 @@
 """Tile-based, memory-bounded alpha compositing of projected Gaussians, with a hand-written backward.
 
-Work is done on a ``[G tiles, P pixels, L Gaussians]`` block at a time: tiles are sorted by how many
-Gaussians they hold and grouped so that ``G·P·L`` stays under a fixed element budget, and a tile's
+Work is done on ``[G tiles, P pixels, L Gaussians]`` blocks. Tiles are sorted by how many
+Gaussians they hold and grouped so that ``G·P·L`` stays under a fixed element budget; a tile's
 front-to-back list is walked in segments of at most ``segment`` Gaussians, carrying each pixel's
 transmittance, its "stopped" flag and its running sums from one segment to the next. Peak memory is
-therefore set by the budget, not by the most crowded tile. A group stops early once every pixel in
-it has hit the transmittance stop, which is where most of the speed comes from on opaque heads.
+therefore set by the budget, not by the most crowded tile. A tile leaves its group as soon as all its
+pixels have hit the transmittance stop (or its list ends), which is where most of the speed comes
+from on opaque heads.
 
-The backward pass walks the same blocks again front to back, recomputing α (nothing per-pixel is
-saved), and uses ``dL/dα_k = T_k·q_k − (Σ_{j>k} w_j q_j + T_N·g_T) / (1 − α_k)`` where ``q`` is a
+Speed trick: with tile-local pixel centres (u, v), the exponent ``log o − σ`` is a quadratic in
+(u, v), so a whole block of exponents is one matmul ``[P, 6] @ [G, 6, L]`` of the features
+``(1, u, v, u², uv, v²)`` with six per-(tile, Gaussian) coefficients; the backward pass gets the
+coefficient gradients from the transposed matmul. The conic is positive definite by construction
+(projection.py culls det ≤ 0), so the contract's ``σ ≥ 0`` test can never fail and is not repeated.
+
+The backward pass walks the same blocks again front to back, recomputing α (nothing per pixel is
+saved), with ``dL/dα_k = T_k·q_k − (Σ_{j>k} w_j q_j + T_N·g_T) / (1 − α_k)`` where ``q`` is a
 Gaussian's value to the loss and the suffix sum is the saved total minus the running prefix.
 """
 
@@ -24,14 +31,16 @@ from .tiles import ALPHA_MIN, TileBins, bin_gaussians
 
 ALPHA_MAX = 0.99
 T_MIN = 1e-4
-DEFAULT_BUDGET = 1 << 21  # elements per [G, P, L] block (8 MB in float32)
-DEFAULT_SEGMENT = 256
+TILE_SIZE = 4
+DEFAULT_BUDGET = 1 << 18  # elements per [G, P, L] block: 1 MB in float32, so blocks stay in cache
+DEFAULT_SEGMENT = 128
+_TINY = 1e-30  # log(opacity) floor for padded slots (opacity 0)
 
 
 @dataclass
 class _Group:
     tiles: Tensor  # [G] global tile ids (view·T + t)
-    length: int  # longest run in the group
+    counts: Tensor  # [G] run length of each tile
     segment: int  # Gaussians per block
 
 
@@ -40,146 +49,164 @@ def _schedule(bins: TileBins, budget: int, segment: int) -> list[_Group]:
     pixels = bins.tile_size**2
     nonempty = torch.nonzero(bins.count > 0).flatten()
     counts, order = torch.sort(bins.count[nonempty], descending=True)
-    tiles, counts = nonempty[order], counts.tolist()
+    tiles, counts_l = nonempty[order], counts.tolist()
     groups, i = [], 0
-    while i < len(counts):
-        seg = min(counts[i], segment)
+    while i < len(counts_l):
+        seg = min(counts_l[i], segment)
         g = max(1, budget // (pixels * seg))
-        groups.append(_Group(tiles=tiles[i:i + g], length=counts[i], segment=seg))
+        groups.append(_Group(tiles=tiles[i:i + g], counts=counts[i:i + g], segment=seg))
         i += g
     return groups
 
 
-def _pixel_centres(bins: TileBins, tiles: Tensor, dtype: torch.dtype) -> Tensor:
-    """Pixel centres ``(j + 0.5, i + 0.5)`` of every pixel of the given tiles.  ``[G, P, 2]``"""
-    ts = bins.tile_size
+def _features(tile_size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``(1, u, v, u², uv, v²)`` at the tile-local pixel centres.  ``[P, 6]``"""
+    p = torch.arange(tile_size * tile_size, device=device)
+    u, v = (p % tile_size).to(dtype) + 0.5, (p // tile_size).to(dtype) + 0.5
+    return torch.stack([torch.ones_like(u), u, v, u * u, u * v, v * v], -1)
+
+
+def _origins(bins: TileBins, tiles: Tensor, dtype: torch.dtype) -> Tensor:
+    """Pixel coordinates of the top-left corner of each tile.  ``[G, 2]``"""
     t = tiles % (bins.tiles_x * bins.tiles_y)
-    origin = torch.stack([t % bins.tiles_x, t // bins.tiles_x], -1) * ts  # [G,2]
-    p = torch.arange(ts * ts, device=tiles.device)
-    offs = torch.stack([p % ts, p // ts], -1)  # [P,2]
-    return (origin[:, None] + offs[None]).to(dtype) + 0.5
-
-
-def _block_ids(bins: TileBins, group: _Group, s: int) -> tuple[Tensor, Tensor]:
-    """Flat Gaussian ids ``[G, L]`` of segment ``s`` of a group and their validity mask."""
-    pos = s * group.segment + torch.arange(group.segment, device=group.tiles.device)  # [L]
-    valid = pos[None] < bins.count[group.tiles][:, None]  # [G,L]
-    idx = (bins.start[group.tiles][:, None] + pos[None]).clamp(max=max(bins.gauss.numel() - 1, 0))
-    return bins.gauss[idx] * valid, valid
+    return (torch.stack([t % bins.tiles_x, t // bins.tiles_x], -1) * bins.tile_size).to(dtype)
 
 
 @dataclass
 class _Block:
-    alpha: Tensor  # [G,P,L] clamped, gated by σ ≥ 0 and α ≥ 1/255 (before the stop mask)
-    dx: Tensor  # [G,P,L] mean − pixel centre
-    dy: Tensor
-    vis: Tensor  # [G,P,L] o·exp(−σ) (unclamped) where gated in, else 0
+    ids: Tensor  # [G,L] flat Gaussian ids (0 where padded)
+    valid: Tensor  # [G,L]
+    mu: Tensor  # [G,L] tile-local mean x
+    mv: Tensor  # [G,L] tile-local mean y
+    conic: Tensor  # [G,L,3]
+    opac: Tensor  # [G,L]
+    col4: Tensor  # [G,L,4] colour and camera z
 
 
-def _block_alpha(pix: Tensor, mean: Tensor, conic: Tensor, opac: Tensor) -> _Block:
-    """α of every (pixel, Gaussian) pair of a block; pix ``[G,P,2]``, Gaussian data ``[G,L,·]``."""
-    dx = mean[:, None, :, 0] - pix[:, :, None, 0]
-    dy = mean[:, None, :, 1] - pix[:, :, None, 1]
-    a, b, c = (conic[:, None, :, i] for i in range(3))
-    sigma = dx * (0.5 * a * dx + b * dy) + 0.5 * c * dy * dy
-    vis = opac[:, None, :] * torch.exp(-sigma.clamp_min(0))
-    gate = (sigma >= 0) & (vis >= ALPHA_MIN)
-    vis = vis * gate
-    return _Block(alpha=vis.clamp(max=ALPHA_MAX), dx=dx, dy=dy, vis=vis)
+def _gather_block(bins: TileBins, data: Tensor, tiles: Tensor, counts: Tensor, s: int, seg: int) -> _Block:
+    """Segment ``s`` of the given tiles' runs; ``data`` is the packed per-Gaussian table ``[V·N, 10]``."""
+    pos = s * seg + torch.arange(seg, device=tiles.device)
+    valid = pos[None] < counts[:, None]
+    idx = (bins.start[tiles][:, None] + pos[None]).clamp(max=max(bins.gauss.numel() - 1, 0))
+    ids = torch.where(valid, bins.gauss[idx], 0)
+    d = data.index_select(0, ids.flatten()).view(*ids.shape, data.shape[-1])  # [G,L,10]
+    origin = _origins(bins, tiles, data.dtype)
+    return _Block(ids=ids, valid=valid, mu=d[..., 0] - origin[:, None, 0], mv=d[..., 1] - origin[:, None, 1],
+                  conic=d[..., 2:5], opac=torch.where(valid, d[..., 5], 0), col4=d[..., 6:10])
 
 
-def _transmit(alpha: Tensor, trans: Tensor, done: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Apply the 1e-4 transmittance stop to a block.
-
-    Returns the stop-masked α ``[G,P,L]``, the transmittance in front of each Gaussian ``[G,P,L]``,
-    and the carried transmittance and stopped flags after the block ``[G,P]``.
-    """
-    after = torch.cumprod(1 - alpha, -1) * trans[..., None]  # T·(1−α) after each Gaussian
-    keep = (after >= T_MIN) & ~done[..., None]
-    alpha = alpha * keep
-    before = torch.cat([trans[..., None], after[..., :-1]], -1)
-    trans_next = torch.where(keep, after, torch.full_like(after, float("inf"))).amin(-1).minimum(trans)
-    return alpha, before, trans_next, done | (after[..., -1] < T_MIN)
+def _coefficients(blk: _Block) -> Tensor:
+    """Coefficients of ``log o − σ`` on the features ``(1, u, v, u², uv, v²)``.  ``[G, 6, L]``"""
+    a, b, c = blk.conic.unbind(-1)
+    mu, mv = blk.mu, blk.mv
+    k0 = torch.log(blk.opac.clamp_min(_TINY)) - (0.5 * a * mu * mu + b * mu * mv + 0.5 * c * mv * mv)
+    return torch.stack([k0, a * mu + b * mv, b * mu + c * mv, -0.5 * a, -b, -0.5 * c], 1)
 
 
-def _gather(flat: list[Tensor], ids: Tensor, valid: Tensor) -> list[Tensor]:
-    out = [t[ids] for t in flat]
-    out[3] = out[3] * valid  # padded slots get opacity 0, so they never count
-    return out
+@dataclass
+class _Alpha:
+    alpha: Tensor  # [G,P,L] α after the 1/255, 0.99 and stop rules (0 = not counted)
+    before: Tensor  # [G,P,L] transmittance in front of each Gaussian
+    trans: Tensor  # [G,P] transmittance after the block
+    done: Tensor  # [G,P] the stop has fired
 
 
-def _forward(bins: TileBins, groups: list[_Group], flat: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-    """Composite every group; returns tile-major rgb ``[V·T,P,3]``, depth and T ``[V·T,P]``."""
-    means2d, _, colors, _, depths = flat
+def _composite_block(feat: Tensor, blk: _Block, trans: Tensor, done: Tensor) -> _Alpha:
+    """α, transmittance and the 1e-4 stop for one block, given the carried per-pixel state."""
+    alpha = torch.matmul(feat, _coefficients(blk)).exp_()  # o·exp(−σ)
+    alpha.masked_fill_(alpha < ALPHA_MIN, 0).clamp_(max=ALPHA_MAX)
+    g, p, n = alpha.shape
+    # one cumprod over [T, 1−α_0, …, 1−α_{L−1}] yields both T before and T·(1−α) after each Gaussian
+    prod = alpha.new_empty(g, p, n + 1)
+    prod[..., 0] = torch.where(done, 0, trans)  # stopped pixels count nothing more
+    torch.sub(1, alpha, out=prod[..., 1:])
+    prod.cumprod_(-1)
+    before, after = prod[..., :-1], prod[..., 1:]
+    stop = after < T_MIN
+    alpha.masked_fill_(stop, 0)
+    n_keep = n - torch.count_nonzero(stop, -1)[..., None]  # kept Gaussians form a prefix
+    last = after.gather(-1, (n_keep - 1).clamp_min(0))[..., 0]
+    return _Alpha(alpha=alpha, before=before, trans=torch.where(n_keep[..., 0] > 0, last, trans),
+                  done=stop[..., -1])
+
+
+def _active(counts: Tensor, s: int, seg: int, done: Tensor) -> Tensor:
+    """Rows (tiles) that still have Gaussians after segment ``s`` and an unstopped pixel."""
+    return torch.nonzero((counts > (s + 1) * seg) & ~done.all(-1)).flatten()
+
+
+def _forward(bins: TileBins, groups: list[_Group], data: Tensor) -> tuple[Tensor, Tensor]:
+    """Composite every group. Returns tile-major (rgb, depth) ``[V·T, P, 4]`` and T ``[V·T, P]``."""
     n_tiles, pixels = bins.count.numel(), bins.tile_size**2
-    rgb = means2d.new_zeros(n_tiles, pixels, 3)
-    depth = means2d.new_zeros(n_tiles, pixels)
-    trans_out = means2d.new_ones(n_tiles, pixels)
-    for group in groups:
-        pix = _pixel_centres(bins, group.tiles, means2d.dtype)
-        g = group.tiles.numel()
-        trans = means2d.new_ones(g, pixels)
-        done = torch.zeros(g, pixels, dtype=torch.bool, device=means2d.device)
-        acc, acc_d = means2d.new_zeros(g, pixels, 3), means2d.new_zeros(g, pixels)
-        for s in range(-(-group.length // group.segment)):
-            ids, valid = _block_ids(bins, group, s)
-            mean, conic, col, opac, z = _gather(flat, ids, valid)
-            blk = _block_alpha(pix, mean, conic, opac)
-            alpha, before, trans, done = _transmit(blk.alpha, trans, done)
-            w = alpha * before
-            acc += torch.bmm(w, col)
-            acc_d += torch.bmm(w, z[..., None]).squeeze(-1)
-            if bool(done.all()):
+    feat = _features(bins.tile_size, data.dtype, data.device)
+    acc_out = data.new_zeros(n_tiles, pixels, 4)
+    trans_out = data.new_ones(n_tiles, pixels)
+    for grp in groups:
+        g = grp.tiles.numel()
+        trans, done = data.new_ones(g, pixels), torch.zeros(g, pixels, dtype=torch.bool, device=data.device)
+        acc = data.new_zeros(g, pixels, 4)
+        rows = torch.arange(g, device=data.device)
+        for s in range(-(-int(grp.counts[0]) // grp.segment)):
+            blk = _gather_block(bins, data, grp.tiles[rows], grp.counts[rows], s, grp.segment)
+            res = _composite_block(feat, blk, trans[rows], done[rows])
+            acc[rows] += torch.bmm(res.alpha * res.before, blk.col4)
+            trans[rows], done[rows] = res.trans, res.done
+            rows = rows[_active(grp.counts[rows], s, grp.segment, res.done)]
+            if rows.numel() == 0:
                 break
-        rgb[group.tiles], depth[group.tiles], trans_out[group.tiles] = acc, acc_d, trans
-    return rgb, depth, trans_out
+        acc_out[grp.tiles], trans_out[grp.tiles] = acc, trans
+    return acc_out, trans_out
 
 
-def _backward(bins: TileBins, groups: list[_Group], flat: list[Tensor], saved: tuple[Tensor, Tensor, Tensor],
-              grads: tuple[Tensor, Tensor, Tensor]) -> list[Tensor]:
-    """Gradients w.r.t. (means2d, conics, colors, opacities, depths), all flat ``[V·N, ·]``."""
-    means2d, conics, colors, opacs, depths = flat
-    out = [torch.zeros_like(t) for t in flat]
-    rgb_all, depth_all, trans_all = saved
-    g_rgb_all, g_depth_all, g_trans_all = grads
+def _coefficient_grads(blk: _Block, g_k: Tensor) -> Tensor:
+    """Chain rule from the six coefficients to (x, y, a, b, c, o) per Gaussian.  ``[G, L, 6]``"""
+    a, b, c = blk.conic.unbind(-1)
+    mu, mv = blk.mu, blk.mv
+    g0, g1, g2, g3, g4, g5 = g_k.unbind(1)
+    return torch.stack([
+        g1 * a + g2 * b - g0 * (a * mu + b * mv),
+        g1 * b + g2 * c - g0 * (b * mu + c * mv),
+        g1 * mu - 0.5 * g3 - 0.5 * g0 * mu * mu,
+        g1 * mv + g2 * mu - g4 - g0 * mu * mv,
+        g2 * mv - 0.5 * g5 - 0.5 * g0 * mv * mv,
+        g0 / blk.opac.clamp_min(_TINY),
+    ], -1)
+
+
+def _backward(bins: TileBins, groups: list[_Group], data: Tensor, saved: tuple[Tensor, Tensor],
+              grads: tuple[Tensor, Tensor]) -> Tensor:
+    """Gradient w.r.t. the packed per-Gaussian table ``[V·N, 10]``."""
+    acc_all, trans_all = saved
+    g4_all, g_trans_all = grads
+    feat = _features(bins.tile_size, data.dtype, data.device)
+    out = torch.zeros_like(data)
     pixels = bins.tile_size**2
-    for group in groups:
-        tl = group.tiles
-        pix = _pixel_centres(bins, tl, means2d.dtype)
-        g_rgb, g_d, g_t = g_rgb_all[tl], g_depth_all[tl], g_trans_all[tl]
-        # total value of everything behind position 0; the suffix sums are total − prefix
-        total = (g_rgb * rgb_all[tl]).sum(-1) + g_d * depth_all[tl] + g_t * trans_all[tl]
+    for grp in groups:
+        tl, g = grp.tiles, grp.tiles.numel()
+        g4 = g4_all[tl]
+        # value to the loss of everything from position 0 on; suffix sums are total − prefix
+        total = (g4 * acc_all[tl]).sum(-1) + g_trans_all[tl] * trans_all[tl]
         prefix = torch.zeros_like(total)
-        trans = means2d.new_ones(tl.numel(), pixels)
-        done = torch.zeros(tl.numel(), pixels, dtype=torch.bool, device=means2d.device)
-        for s in range(-(-group.length // group.segment)):
-            ids, valid = _block_ids(bins, group, s)
-            mean, conic, col, opac, z = _gather(flat, ids, valid)
-            blk = _block_alpha(pix, mean, conic, opac)
-            alpha, before, trans, done_next = _transmit(blk.alpha, trans, done)
-            w = alpha * before
-            q = torch.bmm(g_rgb, col.transpose(1, 2)) + g_d[..., None] * z[:, None, :]  # [G,P,L]
-            wq = w * q
-            prefix_incl = prefix[..., None] + torch.cumsum(wq, -1)
-            prefix = prefix_incl[..., -1]
-            g_alpha = (before * q - (total[..., None] - prefix_incl) / (1 - alpha)) * (alpha > 0)
-            g_vis = g_alpha * (blk.vis <= ALPHA_MAX)  # the 0.99 clamp blocks the gradient
-            g_sigma = -g_vis * blk.vis
-            t1, t2 = g_sigma * blk.dx, g_sigma * blk.dy
-            s1, s2 = t1.sum(1), t2.sum(1)
-            s11, s12, s22 = (t1 * blk.dx).sum(1), (t1 * blk.dy).sum(1), (t2 * blk.dy).sum(1)
-            a, b, c = conic.unbind(-1)
-            g_mean = torch.stack([a * s1 + b * s2, c * s2 + b * s1], -1)
-            g_conic = torch.stack([0.5 * s11, s12, 0.5 * s22], -1)
-            g_col = torch.bmm(w.transpose(1, 2), g_rgb)
-            g_z = torch.bmm(w.transpose(1, 2), g_d[..., None]).squeeze(-1)
-            vis_o = torch.where(opac[:, None, :] > 0, blk.vis / opac[:, None, :].clamp_min(1e-30), 0)
-            g_opac = (g_vis * vis_o).sum(1)
-            ids, valid_f = ids.flatten(), valid.flatten()[:, None].to(means2d.dtype)
-            for o, gt in zip(out, (g_mean, g_conic, g_col, g_opac[..., None], g_z[..., None]), strict=True):
-                o.index_add_(0, ids, (gt.flatten(0, 1) * valid_f).reshape(-1, *o.shape[1:]))
-            done = done_next
-            if bool(done.all()):
+        trans, done = data.new_ones(g, pixels), torch.zeros(g, pixels, dtype=torch.bool, device=data.device)
+        rows = torch.arange(g, device=data.device)
+        for s in range(-(-int(grp.counts[0]) // grp.segment)):
+            blk = _gather_block(bins, data, tl[rows], grp.counts[rows], s, grp.segment)
+            res = _composite_block(feat, blk, trans[rows], done[rows])
+            w = res.alpha * res.before
+            q = torch.bmm(g4[rows], blk.col4.transpose(1, 2))  # [G,P,L]
+            pre = torch.cumsum(w * q, -1).add_(prefix[rows][..., None])
+            g_alpha = res.before * q - (total[rows][..., None] - pre).div_(1 - res.alpha)
+            # dα/d(log o − σ) = α for counted Gaussians below the 0.99 cap, else 0 (α is 0 when not counted)
+            g_s = g_alpha.mul_(torch.where(res.alpha < ALPHA_MAX, res.alpha, 0))
+            g_k = torch.matmul(feat.T, g_s)  # [G,6,L]
+            g_geo = _coefficient_grads(blk, g_k)
+            g_col4 = torch.bmm(w.transpose(1, 2), g4[rows])  # [G,L,4]
+            upd = torch.cat([g_geo[..., :2], g_geo[..., 2:5], g_geo[..., 5:6], g_col4], -1)
+            upd = torch.where(blk.valid[..., None], upd, 0)
+            out.index_add_(0, blk.ids.flatten(), upd.flatten(0, 1))
+            prefix[rows], trans[rows], done[rows] = pre[..., -1], res.trans, res.done
+            rows = rows[_active(grp.counts[rows], s, grp.segment, res.done)]
+            if rows.numel() == 0:
                 break
     return out
 
@@ -201,42 +228,41 @@ def _to_image(tiles: Tensor, bins: TileBins, height: int, width: int) -> Tensor:
 
 
 class _Composite(torch.autograd.Function):
-    """Autograd wrapper; forward outputs rgb ``[V,3,H,W]``, depth and T ``[V,1,H,W]`` (no background)."""
+    """Autograd wrapper over the packed table ``[x, y, a, b, c, o, r, g, b, z]`` per Gaussian.
+
+    Outputs (rgb, depth) ``[V, 4, H, W]`` (no background) and T ``[V, 1, H, W]``.
+    """
 
     @staticmethod
-    def forward(ctx, means2d, conics, colors, opacities, depths, bins, groups, height, width):
-        flat = [means2d, conics, colors, opacities, depths]
-        rgb, depth, trans = _forward(bins, groups, flat)
-        ctx.save_for_backward(*flat, rgb, depth, trans)
+    def forward(ctx, data, bins, groups, height, width):
+        acc, trans = _forward(bins, groups, data)
+        ctx.save_for_backward(data, acc, trans)
         ctx.bins, ctx.groups = bins, groups
-        return (_to_image(rgb, bins, height, width), _to_image(depth[..., None], bins, height, width),
-                _to_image(trans[..., None], bins, height, width))
+        return _to_image(acc, bins, height, width), _to_image(trans[..., None], bins, height, width)
 
     @staticmethod
-    def backward(ctx, g_rgb, g_depth, g_trans):
-        *flat, rgb, depth, trans = ctx.saved_tensors
+    def backward(ctx, g_acc, g_trans):
+        data, acc, trans = ctx.saved_tensors
         bins = ctx.bins
-        grads = (_to_tiles(g_rgb, bins), _to_tiles(g_depth, bins)[..., 0], _to_tiles(g_trans, bins)[..., 0])
-        out = _backward(bins, ctx.groups, flat, (rgb, depth, trans), grads)
-        return (*out, None, None, None, None)
+        grads = (_to_tiles(g_acc, bins), _to_tiles(g_trans, bins)[..., 0])
+        return _backward(bins, ctx.groups, data, (acc, trans), grads), None, None, None, None
 
 
 def composite(means2d: Tensor, conics: Tensor, colors: Tensor, opacities: Tensor, depths: Tensor,
-              width: int, height: int, tile_size: int = 16, budget: int | None = None,
+              width: int, height: int, tile_size: int | None = None, budget: int | None = None,
               segment: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Front-to-back compositing of projected Gaussians (differentiable).
+    """Front-to-back compositing of projected Gaussians (differentiable w.r.t. every input).
 
     Args:
         means2d: Tensor  # [V, N, 2]
-        conics: Tensor  # [V, N, 3]
+        conics: Tensor  # [V, N, 3] positive definite (a, b, c).
         colors: Tensor  # [V, N, 3]
-        opacities: Tensor  # [V, N]
-        depths: Tensor  # [V, N]
+        opacities: Tensor  # [V, N] (0 = skip)
+        depths: Tensor  # [V, N] camera z: the sort key and the depth value.
         width: W.
         height: H.
-        tile_size: tile edge in pixels.
-        budget: max elements of one ``[G, P, L]`` block (bounds peak memory); default
-            ``DEFAULT_BUDGET``.
+        tile_size: tile edge in pixels; default ``TILE_SIZE``.
+        budget: max elements of one ``[G, P, L]`` block (bounds peak memory); default ``DEFAULT_BUDGET``.
         segment: max Gaussians per block; default ``DEFAULT_SEGMENT``.
 
     Returns:
@@ -244,8 +270,9 @@ def composite(means2d: Tensor, conics: Tensor, colors: Tensor, opacities: Tensor
     """
     v, n = opacities.shape
     bins = bin_gaussians(means2d.detach(), conics.detach(), opacities.detach(), depths.detach(),
-                         width, height, tile_size)
+                         width, height, TILE_SIZE if tile_size is None else tile_size)
     groups = _schedule(bins, DEFAULT_BUDGET if budget is None else budget,
                        DEFAULT_SEGMENT if segment is None else segment)
-    return _Composite.apply(means2d.reshape(v * n, 2), conics.reshape(v * n, 3), colors.reshape(v * n, 3),
-                            opacities.reshape(v * n), depths.reshape(v * n), bins, groups, height, width)
+    data = torch.cat([means2d, conics, opacities[..., None], colors, depths[..., None]], -1).reshape(v * n, 10)
+    acc, trans = _Composite.apply(data, bins, groups, height, width)
+    return acc[:, :3], acc[:, 3:], trans

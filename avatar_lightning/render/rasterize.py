@@ -58,7 +58,7 @@ def _unbatch(out: RenderOutput, b: int, c: int, squeeze: bool) -> RenderOutput:
 
 
 def rasterize_torch(gaussians: Gaussians, cameras: Cameras, background: Tensor,
-                    sh_degree: int | None = None, tile_size: int = 16) -> RenderOutput:
+                    sh_degree: int | None = None, tile_size: int | None = None) -> RenderOutput:
     """The pure-torch backend on batched inputs; outputs are ``[B·C, ch, H, W]``.
 
     Args:
@@ -66,7 +66,7 @@ def rasterize_torch(gaussians: Gaussians, cameras: Cameras, background: Tensor,
         cameras: ``[B, C, ...]``.
         background: Tensor  # [B, C, 3]
         sh_degree: SH degree to evaluate (default: all that ``sh`` holds).
-        tile_size: tile edge in pixels.
+        tile_size: tile edge in pixels (default: raster_torch.TILE_SIZE).
     """
     proj = project(gaussians, cameras, sh_degree)
     rgb, depth, trans = composite(proj.means2d, proj.conics, proj.colors, proj.opacities, proj.depths,
