@@ -22,6 +22,16 @@ TINY_NET = {
 }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: these tiny tensors gain nothing from more, and on a shared 2-core
+    machine two threads contend (measured: a tiny prior step takes ~10× longer)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def head():
     return load_head_model("builtin")

@@ -110,3 +110,33 @@ def test_pass_through_is_identity_with_zero_losses() -> None:
     z = torch.randn(2, 4, 3, 3, requires_grad=True)
     out = PassThroughQuantizer(4)(z)
     assert out.quantized is z and out.loss.item() == 0.0 and (out.indices == -1).all()
+
+
+def _ddp_update(rank: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    vq = _quantizer(update="ema", restart=True)
+    vq.ema_decay = 0.0
+    vq.usage_decay = 0.0
+    # rank 0 only uses code 1, rank 1 only code 2; code 3 (5, 5) is dead on both ranks
+    cell = torch.tensor([[0.9, 0.1], [0.1, 0.9]])[rank]
+    vq.train()(cell.view(1, 2, 1, 1).expand(1, 2, 2, 2).contiguous())
+    torch.save({k: v for k, v in vq.state_dict().items()}, f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_ema_statistics_and_restarts_are_global_under_distributed(tmp_path) -> None:
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_update, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    states = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for key in states[0]:
+        torch.testing.assert_close(states[0][key], states[1][key], msg=key)  # identical replicas
+    s = states[0]
+    # counts are summed over ranks: each rank saw 4 cells of its code
+    torch.testing.assert_close(s["ema_count"][1:3], torch.tensor([4.0, 4.0]))
+    torch.testing.assert_close(s["codebook"][1], torch.tensor([0.9, 0.1]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(s["codebook"][2], torch.tensor([0.1, 0.9]), atol=1e-4, rtol=0)
+    # the dead code was restarted onto (near) an encoder output of rank 0, the same on both ranks
+    assert torch.cdist(s["codebook"][3:4], torch.tensor([[0.9, 0.1]])).item() < 0.01

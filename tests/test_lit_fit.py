@@ -1,0 +1,111 @@
+"""SynShotPrior under a real Trainer on CPU: a 2-step fit, resume at the same step, 2-process DDP (gloo).
+
+The data is a tiny in-test DataModule of schema batches around the built-in head (random images and
+UV maps): these tests check the training wiring, not what the prior learns.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Callback, LightningDataModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, Dataset
+
+from avatar_lightning.head.model import load_head_model
+from avatar_lightning.lit.synshot_prior import SynShotPrior
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_lit_prior import TINY_NET, tiny_batch  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: these tiny tensors gain nothing from more, and on a shared 2-core
+    machine two threads contend (measured: a tiny prior step takes ~10× longer)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class _Batches(Dataset):
+    def __init__(self, n: int) -> None:
+        head = load_head_model("builtin")
+        batch = tiny_batch(head, b=n, v=2, size=16)
+        self.items = [{k: v[i] for k, v in batch.items()} for i in range(n)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return self.items[i]
+
+
+class TinyData(LightningDataModule):
+    """``n`` schema samples; batch size 2."""
+
+    def __init__(self, n: int = 4) -> None:
+        super().__init__()
+        self.n, self.data = n, None
+
+    def setup(self, stage: str) -> None:
+        self.data = _Batches(self.n)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.data, batch_size=2)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.data, batch_size=2)
+
+
+def _model() -> SynShotPrior:
+    return SynShotPrior(net=TINY_NET, part_samples={"face": 8, "hair": 6}, lr=1e-3, render_backend="torch")
+
+
+def _trainer(tmp_path: Path, max_steps: int, **kwargs) -> Trainer:
+    return Trainer(accelerator="cpu", devices=1, max_steps=max_steps, default_root_dir=tmp_path, logger=False,
+                   enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1,
+                   gradient_clip_val=1.0, **kwargs)
+
+
+def test_two_step_fit_then_resume_continues_at_the_same_step(tmp_path: Path) -> None:
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=1)
+    model = _model()
+    before = {k: v.clone() for k, v in model.net.state_dict().items()}
+    trainer = _trainer(tmp_path, 2, callbacks=[ckpt], val_check_interval=2)
+    trainer.fit(model, datamodule=TinyData())
+    assert trainer.global_step == 2
+    assert any(not torch.equal(before[k], v) for k, v in model.net.state_dict().items())
+    assert "val/psnr" in trainer.callback_metrics and "train/loss" in trainer.callback_metrics
+    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["state_dict"]
+    assert not any(k.startswith("head.") for k in state)  # the head model is rebuilt, never stored
+    resumed = _model()
+    trainer2 = _trainer(tmp_path, 3, val_check_interval=2)
+    trainer2.fit(resumed, datamodule=TinyData(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert trainer2.global_step == 3
+
+
+class _SameCodebooks(Callback):
+    """Fails the run unless every rank ends with the same codebooks. (DDP also broadcasts buffers
+    from rank 0, so this checks the replicas agree; that the EMA statistics are *global* is
+    tested on the quantiser alone in test_models_quantizer.)"""
+
+    def on_train_end(self, trainer: Trainer, pl_module: SynShotPrior) -> None:
+        for q in (pl_module.net.quant_id, pl_module.net.quant_expr):
+            books = trainer.strategy.all_gather(q.codebook.detach())  # [world, K, n]
+            if not torch.allclose(books[0], books[1]):
+                raise AssertionError("codebooks differ across DDP ranks")
+
+
+@pytest.mark.slow
+def test_two_process_ddp_gloo_fit(tmp_path: Path) -> None:
+    trainer = Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=2, default_root_dir=tmp_path,
+                      logger=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1,
+                      val_check_interval=2, enable_checkpointing=False, callbacks=[_SameCodebooks()])
+    trainer.fit(_model(), datamodule=TinyData(8))
+    # ddp_spawn sends back the callback metrics (not the loop progress) from rank 0
+    assert torch.isfinite(trainer.callback_metrics["train/loss"]) and "val/psnr" in trainer.callback_metrics
