@@ -24,7 +24,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from avatar_lightning.head.model import load_head_model
 from data_modules.few_shot import select_few_shot
+from data_modules.insta_meshfit import cached_mesh_fit
 from data_modules.metrical_tracker import frame_number, index_checkpoints, load_tracker_frame
 from data_modules.real_common import (
     FlameParams,
@@ -100,6 +102,7 @@ class INSTASequence:
             raise ValueError(f"{self.root / 'transforms.json'} lists no frames")
         frames = sorted(meta["frames"], key=lambda f: frame_number(Path(f.get("file_path", "")).stem))
         self.numbers: list[int] = []
+        self.mesh_paths: list[Path | None] = []
         self.views: list[View] = []
         self.flame: list[FlameParams] = []
         K = intrinsics(meta["fl_x"], meta["fl_y"], meta["cx"], meta["cy"])
@@ -108,6 +111,7 @@ class INSTASequence:
             where = f"{self.root / 'transforms.json'} frames[{i}]"
             require_keys(frame, FRAME_KEYS, where)
             self.numbers.append(frame_number(Path(frame["file_path"]).stem))
+            self.mesh_paths.append(self.root / frame["mesh_path"] if "mesh_path" in frame else None)
             self.views.append(View(image_path=data_path(self.root, frame["file_path"]), mask_path=None, K=K,
                                    world_to_cam=insta_world_to_cam(frame["transform_matrix"], where), size=size))
             self.flame.append(FlameParams(shape=torch.zeros(n_shape), expr=read_exp(self.root / frame["exp_path"],
@@ -132,6 +136,16 @@ class INSTASequence:
                 log.warning("%s: camera of frame %d differs from transforms.json by %.2g", folder, n, gap)
             self.flame[i] = tracked.flame
         self.source = f"metrical-tracker checkpoints in {folder}"
+
+    def fit_meshes(self, head, head_model: str) -> None:
+        """Replace the zero shape/jaw/eyes by a fit of the head to ``meshes/`` (see ``insta_meshfit``)."""
+        if None in self.mesh_paths:
+            raise KeyError(f"{self.root / 'transforms.json'}: fit_meshes needs mesh_path in every frame")
+        expr = torch.stack([f.expr for f in self.flame])
+        fit = cached_mesh_fit(self.root, head, head_model, self.mesh_paths, expr)
+        for i, f in enumerate(self.flame):
+            self.flame[i] = FlameParams(shape=fit.shape, expr=f.expr, pose=fit.pose[i], translation=f.translation)
+        self.source = f"exp txt + head fitted to meshes (RMSE {fit.rmse:.1e} m)"
 
 
 def split_frames(n: int, n_test: int, n_val: int) -> tuple[range, range, range]:
@@ -162,6 +176,8 @@ class INSTADataModule(RealHeadDataModule):
         uv_size: side of the prior's UV input maps (``uv_*`` batch keys; the texture is each frame's
             own image back-projected); 0 leaves them out.
         head_model: ``"builtin"`` or the FLAME pickle the UV maps are built with (the model's head).
+        fit_meshes: without tracker checkpoints, recover shape, jaw and eye poses by fitting
+            ``head_model`` (the FLAME the data was tracked with) to ``meshes/``; cached beside the data.
         batch_size: loader batch size.
         num_workers: loader worker processes.
     """
@@ -169,7 +185,8 @@ class INSTADataModule(RealHeadDataModule):
     def __init__(self, roots: list[str], tracker_dirs: list[str | None] | None = None, tracker_offset: int = 0,
                  n_test: int = 600, n_val: int = 20, few_shot: int | None = None, downsample: int = 1,
                  n_shape: int = 300, n_expr: int = 100, background: tuple[float, float, float] = (1.0, 1.0, 1.0),
-                 uv_size: int = 0, head_model: str = "builtin", batch_size: int = 1, num_workers: int = 0) -> None:
+                 uv_size: int = 0, head_model: str = "builtin", fit_meshes: bool = False, batch_size: int = 1,
+                 num_workers: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
         if tracker_dirs is not None and len(tracker_dirs) != len(roots):
@@ -187,6 +204,8 @@ class INSTADataModule(RealHeadDataModule):
         for i, root in enumerate(hp.roots):
             tracker = hp.tracker_dirs[i] if hp.tracker_dirs is not None else None
             seq = INSTASequence(root, hp.n_shape, hp.n_expr, tracker, hp.tracker_offset)
+            if tracker is None and hp.fit_meshes:
+                seq.fit_meshes(load_head_model(hp.head_model, n_shape=hp.n_shape, n_expr=hp.n_expr), hp.head_model)
             sources.append(seq.source)
             for name, samples in self._sequence_samples(seq, identity=i).items():
                 splits[name].extend(samples)

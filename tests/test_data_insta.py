@@ -12,7 +12,7 @@ import torch
 from avatar_lightning.batch import validate_batch
 from data_modules import INSTADataModule
 from data_modules.few_shot import farthest_point_sampling
-from tests.real_fixtures import build_insta_fixture, fixture_head, fraction_inside
+from tests.real_fixtures import build_insta_fixture, fixture_flame_path, fixture_head, fraction_inside
 
 N_FRAMES, N_TEST, N_VAL = 12, 4, 2
 
@@ -166,3 +166,20 @@ def test_missing_and_corrupt_images_name_the_file(actor, head, tmp_path):
     (bad / "tracker/checkpoint/00001.frame").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="00001.frame"):
         make(bad, head)
+
+
+def test_without_tracker_the_head_is_fitted_to_the_meshes(actor, head):
+    """exp txt + meshes only: shape, jaw and eyes are recovered, and the head lands on the mask again."""
+    root, truth = actor
+    dm = make(root, head, tracker=False, fit_meshes=True, head_model=str(fixture_flame_path()))
+    batch = next(iter(make(root, head, tracker=False).test_dataloader()))  # zero shape/jaw: off the mask edges
+    fitted = next(iter(dm.test_dataloader()))
+    torch.testing.assert_close(fitted["shape"][0], truth.shape[:head.n_shape], atol=2e-3, rtol=0)
+    for k, t in enumerate(fitted["frame"].tolist()):
+        torch.testing.assert_close(fitted["pose"][k, 2], truth.pose[t, 2], atol=2e-3, rtol=0)
+        assert fraction_inside(posed(head, fitted, k), fitted["K"][k, 0], fitted["world_to_cam"][k, 0],
+                               fitted["mask"][k, 0, 0]) > 0.95
+    assert not batch["shape"].any()
+    wrong = INSTADataModule([str(root / "actor")], n_test=N_TEST, n_val=N_VAL, fit_meshes=True, n_shape=10, n_expr=8)
+    with pytest.raises(ValueError, match="meshes have .* vertices but head model"):
+        wrong.setup("fit")  # the default built-in head is not the head the meshes were made with
