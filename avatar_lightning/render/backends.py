@@ -117,15 +117,15 @@ def _inria_pass(g: Gaussians, b: int, view: Tensor, tan: tuple[float, float], op
 def rasterize_inria(gaussians: Gaussians, cameras: Cameras, background: Tensor,
                     sh_degree: int | None = None) -> RenderOutput:
     """Inria ``GaussianRasterizer``, one call per (avatar, camera), on batched inputs → ``[B·C, ch, H, W]``."""
+    g = gaussians
+    w2c = cameras.world_to_cam
+    depths = torch.einsum("bcj,bnj->bcn", w2c[..., 2, :3], g.means) + w2c[..., 2, 3, None]  # [B,C,N]
+    _inria_check(cameras, depths)
     _require_cuda("inria", gaussians.means)
     if importlib.util.find_spec("diff_gaussian_rasterization") is None:
         raise ImportError("rasterize(backend='inria') needs Inria's diff_gaussian_rasterization, which this "
                           "project does not install; use backend='gsplat' (`pip install -e .[gpu]`)")
-    g = gaussians
     deg = g.sh_degree if sh_degree is None else sh_degree
-    w2c = cameras.world_to_cam
-    depths = torch.einsum("bcj,bnj->bcn", w2c[..., 2, :3], g.means) + w2c[..., 2, 3, None]  # [B,C,N]
-    _inria_check(cameras, depths)
     outs = []
     for b, c in ((b, c) for b in range(w2c.shape[0]) for c in range(w2c.shape[1])):
         z = depths[b, c]

@@ -85,12 +85,16 @@ def resolve_backend(backend: str, gaussians: Gaussians) -> str:
         raise ValueError(f"rasterize: backend must be one of {BACKENDS}, got {backend!r}")
     if backend != "auto":
         return backend
-    if gaussians.means.device.type == "cuda":
-        from .backends import gsplat_available, gsplat_semantics_match
+    if gaussians.means.device.type != "cuda":
+        return "torch"
+    from .backends import gsplat_available, gsplat_semantics_match
 
-        if gsplat_available() and gsplat_semantics_match(gaussians):
-            return "gsplat"
-    return "torch"
+    return choose_auto("cuda", gsplat_available(), gsplat_semantics_match(gaussians))
+
+
+def choose_auto(device_type: str, gsplat_installed: bool, gsplat_same_result: bool) -> str:
+    """The "auto" rule: gsplat only on CUDA, when installed and when it computes the same α."""
+    return "gsplat" if device_type == "cuda" and gsplat_installed and gsplat_same_result else "torch"
 
 
 def rasterize(gaussians: Gaussians, cameras: Cameras, background: Tensor | None = None,
