@@ -14,22 +14,20 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from avatar_lightning.head.gaussians import SurfaceBinding, point_transforms
+from avatar_lightning.head.gaussians import pose_gaussians as head_pose_gaussians
 from avatar_lightning.head.model import HeadModel
-from avatar_lightning.render import Cameras, Gaussians, RenderOutput, normalize_quat, quat_multiply, rasterize
-from avatar_lightning.render import rotmat_to_quat as _rotmat_to_quat
+from avatar_lightning.render import Cameras, Gaussians, RenderOutput, rasterize
 
 
 @dataclass
-class MeshBinding:
-    """Which mesh point each Gaussian follows.
+class MeshBinding(SurfaceBinding):
+    """Which mesh point each Gaussian follows (the head toolkit's binding, concatenable).
 
     Attributes:
         face: [N] triangle index per Gaussian.
         bary: [N, 3] barycentric coordinates in that triangle.
     """
-
-    face: Tensor
-    bary: Tensor
 
     @staticmethod
     def cat(items: list[MeshBinding]) -> MeshBinding:
@@ -37,21 +35,11 @@ class MeshBinding:
         return MeshBinding(face=torch.cat([b.face for b in items]), bary=torch.cat([b.bary for b in items]))
 
 
-def _nearest_rotation(m: Tensor) -> Tensor:
-    """The rotation closest to m [..., 3, 3] (polar decomposition by SVD, det = +1).
-
-    Blending per-vertex rigid transforms gives a matrix that is close to, but not exactly, a
-    rotation; a Gaussian's orientation must be a proper rotation.
-    """
-    u, _, vh = torch.linalg.svd(m)
-    d = torch.det(u @ vh)
-    fix = torch.ones_like(m[..., 0])
-    fix[..., 2] = d
-    return u @ torch.diag_embed(fix) @ vh
-
-
 def pose_gaussians(canonical: Gaussians, vertex_transforms: Tensor, faces: Tensor, binding: MeshBinding) -> Gaussians:
     """Move canonical (3DMM-space) Gaussians with the skinning of the mesh points they are bound to.
+
+    The head toolkit does the work (:mod:`avatar_lightning.head.gaussians`): barycentric blend of
+    the triangle's vertex transforms, closest rotation for orientations, SH rotated with them.
 
     Args:
         canonical: batched Gaussians [B, N, ...] in the head model's canonical space.
@@ -60,22 +48,12 @@ def pose_gaussians(canonical: Gaussians, vertex_transforms: Tensor, faces: Tenso
         binding: the mesh point of each Gaussian.
 
     Returns:
-        Batched Gaussians in world space: means transformed, rotations composed with the local
-        rotation, scales / opacities / SH unchanged.
+        Batched Gaussians in world space.
     """
-    if not canonical.batched:
-        raise ValueError("pose_gaussians: canonical Gaussians must be batched [B, N, ...]")
     if binding.face.shape[0] != canonical.num_gaussians:
         raise ValueError(f"pose_gaussians: {binding.face.shape[0]} bound points for "
                          f"{canonical.num_gaussians} Gaussians")
-    corner_t = vertex_transforms[:, faces[binding.face]]  # [B, N, 3, 4, 4]
-    t = torch.einsum("nk,bnkij->bnij", binding.bary.to(corner_t), corner_t)
-    means = torch.einsum("bnij,bnj->bni", t[..., :3, :3], canonical.means) + t[..., :3, 3]
-    # SVD in float32 at least: half precision SVD is unsupported and ill-conditioned.
-    rot = _nearest_rotation(t[..., :3, :3].float()).to(canonical.quats.dtype)
-    quats = quat_multiply(_rotmat_to_quat(rot), normalize_quat(canonical.quats))
-    return Gaussians(means=means, quats=quats, scales=canonical.scales, opacities=canonical.opacities,
-                     sh=canonical.sh)
+    return head_pose_gaussians(canonical, point_transforms(vertex_transforms, faces, binding))
 
 
 def batch_cameras(batch: Mapping[str, Tensor]) -> Cameras:
