@@ -13,7 +13,8 @@ from avatar_lightning.render.ply import PLY_FIELDS
 def scene(n: int = 30, k: int = 16) -> Gaussians:
     gen = torch.Generator().manual_seed(0)
     return Gaussians(means=torch.randn(n, 3, generator=gen), quats=torch.randn(n, 4, generator=gen),
-                     scales=0.01 + torch.rand(n, 3, generator=gen), opacities=0.02 + 0.96 * torch.rand(n, generator=gen),
+                     scales=0.01 + torch.rand(n, 3, generator=gen),
+                     opacities=0.02 + 0.96 * torch.rand(n, generator=gen),
                      sh=torch.randn(n, k, 3, generator=gen))
 
 
