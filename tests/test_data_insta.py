@@ -183,3 +183,17 @@ def test_without_tracker_the_head_is_fitted_to_the_meshes(actor, head):
     wrong = INSTADataModule([str(root / "actor")], n_test=N_TEST, n_val=N_VAL, fit_meshes=True, n_shape=10, n_expr=8)
     with pytest.raises(ValueError, match="meshes have .* vertices but head model"):
         wrong.setup("fit")  # the default built-in head is not the head the meshes were made with
+
+
+def test_tracker_offset_matches_flashavatar_numbering(actor, head, tmp_path):
+    """Images and checkpoints numbered apart (FlashAvatar: image = checkpoint + 1); here checkpoint = image + 1."""
+    root, truth = actor
+    shifted = tmp_path / "tracker/checkpoint"
+    shifted.mkdir(parents=True)
+    for path in (root / "tracker/checkpoint").glob("*.frame"):
+        (shifted / f"{int(path.stem) + 1:05d}.frame").write_bytes(path.read_bytes())
+    dm = INSTADataModule([str(root / "actor")], tracker_dirs=[str(tmp_path / "tracker")], tracker_offset=-1,
+                         n_test=N_TEST, n_val=N_VAL, n_shape=head.n_shape, n_expr=head.n_expr)
+    dm.setup("fit")
+    for s in dm.splits["train"]:
+        torch.testing.assert_close(s.flame.pose, truth.pose[s.frame], atol=1e-5, rtol=0)

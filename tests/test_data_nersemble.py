@@ -115,6 +115,17 @@ def test_background_is_recomposited(export, head):
     torch.testing.assert_close(batch["image"][inside], white["image"][inside])
 
 
+def test_sequences_of_one_subject_share_an_identity(export, head):
+    root, _ = export
+    dm = NeRSembleDataModule(
+        [str(root), str(root)], identities=[3, 3], n_shape=head.n_shape, n_expr=head.n_expr, train_ratio=0.5)
+    dm.setup("fit")
+    assert {s.identity for s in dm.splits["train"]} == {3} and len(dm.splits["train"]) == 2 * 6
+    assert dm.num_identities == 1
+    with pytest.raises(ValueError, match="identities has 1 entries but roots has 2"):
+        NeRSembleDataModule([str(root), str(root)], identities=[0])
+
+
 def test_summary_is_logged(export, head, caplog):
     root, _ = export
     with caplog.at_level(logging.INFO, logger="data_modules.nersemble"):
@@ -145,6 +156,10 @@ def test_clear_errors(export, head, tmp_path):
     (corrupt / "flame_param/00001.npz").write_bytes(b"junk")
     with pytest.raises(ValueError, match="cannot read FLAME parameter file .*00001.npz"):
         make(corrupt, head)
+    broken = edited(root, tmp_path / "broken", lambda m: None)
+    (broken / "transforms.json").write_text("{")
+    with pytest.raises(ValueError, match="VHAP transforms file .*broken/transforms.json is not valid JSON"):
+        make(broken, head)
     keyless = edited(root, tmp_path / "keyless", lambda m: m["frames"][0].pop("transform_matrix"))
     with pytest.raises(KeyError, match=r"frames\[0\] lacks field\(s\) \['transform_matrix'\]"):
         make(keyless, head)
