@@ -108,6 +108,7 @@ class VHAPSequence:
         meta = read_json(self.root / "transforms.json", "VHAP transforms file")
         require_keys(meta, ("frames",), f"{self.root / 'transforms.json'}")
         self.views: dict[int, dict[int, View]] = {}
+        self._cameras: dict[tuple, tuple[Tensor, Tensor]] = {}
         flame_paths: dict[int, Path] = {}
         for i, frame in enumerate(meta["frames"]):
             t, view, flame_path = self._parse_frame(frame, f"{self.root / 'transforms.json'} frames[{i}]")
@@ -125,12 +126,20 @@ class VHAPSequence:
         if frame.get("fg_mask_path") is None:
             raise KeyError(f"{where} has no fg_mask_path; VHAP images are composited on white and need their mask")
         size = (int(frame["h"]), int(frame["w"])) if "h" in frame and "w" in frame else None
+        K, w2c = self._camera(frame)
         view = View(image_path=data_path(self.root, frame["file_path"]),
-                    mask_path=data_path(self.root, frame["fg_mask_path"]),
-                    K=intrinsics(frame["fl_x"], frame["fl_y"], frame["cx"], frame["cy"]),
-                    world_to_cam=vhap_world_to_cam(frame["transform_matrix"]), camera=int(frame["camera_index"]),
-                    size=size)
+                    mask_path=data_path(self.root, frame["fg_mask_path"]), K=K, world_to_cam=w2c,
+                    camera=int(frame["camera_index"]), size=size)
         return int(frame["timestep_index"]), view, self.root / frame["flame_param_path"]
+
+    def _camera(self, frame: dict) -> tuple[Tensor, Tensor]:
+        """Intrinsics and extrinsics of a frame; NeRSemble's rigs are static, so the (identical)
+        entries of one camera across thousands of timesteps share one pair of tensors."""
+        key = (frame["fl_x"], frame["fl_y"], frame["cx"], frame["cy"], str(frame["transform_matrix"]))
+        if key not in self._cameras:
+            self._cameras[key] = (intrinsics(frame["fl_x"], frame["fl_y"], frame["cx"], frame["cy"]),
+                                  vhap_world_to_cam(frame["transform_matrix"]))
+        return self._cameras[key]
 
     def _check_complete(self, meta: dict) -> None:
         """Every timestep must be seen by the same cameras, matching the listed indices."""
