@@ -13,7 +13,7 @@ from avatar_lightning.head.texture import backproject_texture, uv_inputs
 from avatar_lightning.head.uv import sample_maps, uv_rasterize
 from avatar_lightning.render import intrinsics_from_fov, look_at
 
-SIZE = 160
+SIZE = 128
 
 
 @pytest.fixture(scope="module")

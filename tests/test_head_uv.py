@@ -62,7 +62,7 @@ def test_uv_layout_has_no_overlaps_and_raster_covers_its_area(head: HeadModel, r
     assert (areas > 0).all(), "every UV triangle winds the same way (no fold-overs)"
     assert head.uv_coords.min() >= 0 and head.uv_coords.max() <= 1
     total = areas.sum().item()
-    for size in (128, 512):
+    for size in (128, 384):
         r = uv_rasterize(head.uv_coords, head.uv_faces, size)
         covered = r.valid.double().mean().item()
         # texel centres inside the union; overlapping triangles would cover less than their areas' sum

@@ -91,7 +91,7 @@ def joint_regressor(v: np.ndarray, topo: Topology, q: dict[str, float]) -> np.nd
 
 
 def vertex_regions(v: np.ndarray, topo: Topology, q: dict[str, float], weights: np.ndarray) -> dict[str, np.ndarray]:
-    """FLAME_masks-style regions (vertex indices) plus ``mouth_interior`` and ``lip_ring_*``."""
+    """FLAME_masks-style regions (vertex indices) plus ``mouth_interior`` and ``lip_outside_ring_*``."""
     parts = part_indices(topo)
     n = v.shape[0]
     x, y, z = v.T
@@ -120,7 +120,16 @@ def vertex_regions(v: np.ndarray, topo: Topology, q: dict[str, float], weights: 
         "eye_region": idx(eye_region[1] | eye_region[-1]), "left_eye_region": idx(eye_region[1]),
         "right_eye_region": idx(eye_region[-1]), "nose": idx(nose), "lips": idx(lips),
         "mouth_interior": parts["cavity"],
+        **_lip_rings(topo),
     }
+
+
+def _lip_rings(topo: Topology) -> dict[str, np.ndarray]:
+    """15 ordered vertices just above / below the lip line (what teeth are built from)."""
+    ca, cb = topo.slit_cols
+    cols = np.round(np.linspace(ca, cb, 15)).astype(np.int64)
+    row = lambda r: 1 + r * topo.cols + cols  # noqa: E731
+    return {"lip_outside_ring_upper": row(topo.slit_row - 1), "lip_outside_ring_lower": row(topo.slit_row + 1)}
 
 
 def _landmarks(v: np.ndarray, topo: Topology, q: dict[str, float]) -> dict[str, np.ndarray]:
