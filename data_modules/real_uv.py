@@ -38,6 +38,16 @@ def sample_uv(head, raster, sample: Sample, views: list[View], factor: int, back
                      torch.stack([v.world_to_cam for v in views]), f.pose, f.translation)
 
 
+def check_vertex_counts(samples: list[Sample], head, teeth: bool) -> None:
+    """Per-vertex data (VHAP's static offsets) must fit the head the maps are built with."""
+    for s in samples:
+        offset = s.flame.static_offset
+        if offset is not None and offset.shape[0] != head.num_vertices:
+            raise ValueError(f"{s.root}: static_offset has {offset.shape[0]} vertices but head {head.source} "
+                             f"(teeth={teeth}) has {head.num_vertices}; VHAP tracks with teeth, set teeth "
+                             f"accordingly and use the FLAME model it tracked with")
+
+
 def build_uv_cache(samples: list[Sample], texture_views: Callable[[Sample], list[View]], head_model: str,
                    uv_size: int, n_shape: int, n_expr: int, teeth: bool, factor: int, background: Tensor,
                    stored_background: Tensor | None) -> list[Path]:
@@ -54,6 +64,7 @@ def build_uv_cache(samples: list[Sample], texture_views: Callable[[Sample], list
         background, stored_background: as for :class:`~data_modules.real_common.RealHeadDataset`.
     """
     head = load_head_model(head_model, n_shape=n_shape, n_expr=n_expr, teeth=teeth)
+    check_vertex_counts(samples, head, teeth)
     raster = uv_rasterize(head.uv_coords, head.uv_faces, uv_size)
     config = {"format": UV_FORMAT, "head_model": str(head_model), "uv_size": uv_size, "n_shape": n_shape,
               "n_expr": n_expr, "teeth": teeth, "downsample": factor, "background": background.tolist()}

@@ -49,7 +49,7 @@ SKIN = torch.tensor([200.0, 160.0, 140.0]) / 255  # the fixtures' mean foregroun
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):
     root = tmp_path_factory.mktemp("vhap_uv") / "seq"
-    build_vhap_fixture(root, fixture_head(), n_timesteps=4, cameras=(2, 8, 14))
+    build_vhap_fixture(root, fixture_head(), n_timesteps=4, cameras=(2, 8, 14), static_offset=True)
     return root
 
 
@@ -88,6 +88,8 @@ def test_nersemble_uv_inputs_are_cached_and_right(export, caplog):
     assert "UV inputs 32x32: 0 computed" in caplog.text
     with pytest.raises(ValueError, match=r"texture_cameras \[5\] are not among cameras \[2, 8, 14\]"):
         nersemble(export, texture_cameras=[5])
+    with pytest.raises(ValueError, match=r"static_offset has \d+ vertices but head .*teeth=True"):
+        nersemble(export, teeth=True)  # the fixture's offsets are for the head without teeth
 
 
 def test_insta_uv_inputs(tmp_path):
