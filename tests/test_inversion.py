@@ -88,6 +88,9 @@ def prior_path(tmp_path_factory) -> Path:
 def test_find_prior_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nope.ckpt"):
         find_prior_checkpoint(tmp_path / "nope.ckpt")
+    lazy = SynShotInversion(prior_checkpoint="latest", runs_dir=str(tmp_path / "runs"))  # builds without a prior
+    with pytest.raises(FileNotFoundError, match="experiments/prior.yaml"):
+        lazy.configure_model()
     with pytest.raises(FileNotFoundError, match="experiments/prior.yaml"):
         find_prior_checkpoint("latest", tmp_path / "runs")
     old, new = tmp_path / "runs" / "a" / "old.ckpt", tmp_path / "runs" / "b" / "new.ckpt"
@@ -113,6 +116,7 @@ def _grad_owners(model: SynShotInversion) -> set[str]:
 
 def test_stages_train_exactly_their_modules(prior_path: Path) -> None:
     model = SynShotInversion(prior_checkpoint=str(prior_path), render_backend="torch")
+    model.configure_model()
     batch = {k: v[None] for k, v in sample(model.head).items()}
     model.capture_identity(batch)
     codebook = model.net.quant_id.codebook.clone() if hasattr(model.net.quant_id, "codebook") else None
@@ -144,6 +148,8 @@ def test_tiny_inversion_end_to_end(prior_path: Path, tmp_path: Path) -> None:
     model = SynShotInversion(prior_checkpoint=str(prior_path), stage1_steps_per_frame=1, lr_stage1=1e-3,
                              lr_stage2=1e-3, output_dir=str(tmp_path / "avatar"), turntable_frames=4,
                              expression_steps=2, fps=5, render_backend="torch")
+    assert model.net is None, "the prior is loaded lazily, by configure_model"
+    model.configure_model()
     head = model.head
     data = LightningDataModule.from_datasets(
         train_dataset=Samples([sample(head, v=2)]), batch_size=2,
@@ -184,6 +190,7 @@ def test_tiny_inversion_end_to_end(prior_path: Path, tmp_path: Path) -> None:
 
 def test_crashed_export_leaves_no_half_file(prior_path: Path, tmp_path: Path, monkeypatch) -> None:
     model = SynShotInversion(prior_checkpoint=str(prior_path), render_backend="torch")
+    model.configure_model()
     inputs = {k: v[None] for k, v in sample(model.head).items()}
     model.capture_identity(inputs)
     calls = {"n": 0}

@@ -36,6 +36,7 @@ from avatar_lightning.lit.render_step import MeshBinding, render_batch
 from avatar_lightning.lit.synshot_prior import SynShotPrior
 from avatar_lightning.losses import PhotometricLoss
 from avatar_lightning.losses.identity import IdentityLoss
+from avatar_lightning.models.synshot import SynShotNet
 from avatar_lightning.render import Gaussians
 
 log = logging.getLogger(__name__)
@@ -98,8 +99,8 @@ class SynShotInversion(AvatarCheckpointMixin, AvatarEvalMixin, LightningModule):
         expression_steps: video frames between consecutive held-out expressions.
         fps: frame rate of both videos.
         render_backend: rasteriser backend (``"auto"``, ``"torch"``, ``"gsplat"``).
-        prior_hparams: the prior's hyper-parameters; set automatically so that an inversion
-            checkpoint rebuilds without the prior file. Leave unset.
+        prior_hparams: the prior's hyper-parameters; recorded when the prior is loaded so that an
+            inversion checkpoint rebuilds without the prior file. Leave unset.
     """
 
     def __init__(self, prior_checkpoint: str = "latest", runs_dir: str = "runs", stage1_steps_per_frame: int = 10,
@@ -109,34 +110,46 @@ class SynShotInversion(AvatarCheckpointMixin, AvatarEvalMixin, LightningModule):
                  output_dir: str | None = None, turntable_frames: int = 60, expression_steps: int = 12,
                  fps: float = 25.0, render_backend: str = "auto", prior_hparams: dict[str, Any] | None = None) -> None:
         super().__init__()
-        if prior_hparams is None:
-            path = find_prior_checkpoint(prior_checkpoint, runs_dir)
-            rank_zero_info(f"SynShotInversion: inverting the prior {path}")
-            prior = SynShotPrior.load_from_checkpoint(path, map_location="cpu")
-            prior_hparams = dict(prior.hparams)
-        else:  # restoring an inversion checkpoint: its state dict holds the (fine-tuned) weights
-            prior = SynShotPrior(**prior_hparams)
         self.save_hyperparameters()
-        self.hparams["prior_hparams"] = prior_hparams
-        self.net, self.head, self.assembler = prior.net, prior.head, prior.assembler
-        self.regularizer = prior.regularizer
         self.photometric = PhotometricLoss(l1_weight, ssim_weight, lpips_weight)
         self.identity_loss = None
         if id_weight > 0 or arc_weight > 0:
             self.identity_loss = IdentityLoss(arcface_checkpoint, arch=arcface_arch)
         self.eval_scores = eval_metrics()
+        self.n_input_frames = 0
+        self.inputs: dict[str, Tensor] | None = None
+        self.loss_history: list[tuple[int, int, float]] = []  # (step, stage, loss): SynShot Fig. 11
+        self.net: SynShotNet | None = None
+        if prior_hparams is not None:  # restoring an inversion checkpoint: its state dict holds the weights
+            self._adopt(SynShotPrior(**prior_hparams))
+
+    def configure_model(self) -> None:
+        """Load the prior (Lightning calls this before fitting; the lookup needs a trained prior).
+
+        Deferred from ``__init__`` so that configs build and ``--help`` works before any prior exists.
+        """
+        if self.net is not None:
+            return
+        path = find_prior_checkpoint(self.hparams.prior_checkpoint, self.hparams.runs_dir)
+        rank_zero_info(f"SynShotInversion: inverting the prior {path}")
+        prior = SynShotPrior.load_from_checkpoint(path, map_location="cpu")
+        self.hparams["prior_hparams"] = dict(prior.hparams)
+        self._adopt(prior)
+
+    def _adopt(self, prior: SynShotPrior) -> None:
+        """Take the prior's network, head model and densification, and set up stage 1."""
+        self.net, self.head, self.assembler = prior.net, prior.head, prior.assembler
+        self.regularizer = prior.regularizer
         res = self.net.map_resolution
-        self.register_buffer("stage", torch.tensor(1))
-        self.register_buffer("x_tex", torch.zeros(1, 3, res, res))
-        self.register_buffer("x_verts", torch.zeros(1, 3, res, res))
-        self.register_buffer("identity_captured", torch.tensor(False))
+        dev = next(self.net.parameters()).device
+        self.register_buffer("stage", torch.tensor(1, device=dev))
+        self.register_buffer("x_tex", torch.zeros(1, 3, res, res, device=dev))
+        self.register_buffer("x_verts", torch.zeros(1, 3, res, res, device=dev))
+        self.register_buffer("identity_captured", torch.tensor(False, device=dev))
         self.net.eval()  # before any forward: a training-mode quantiser would update its codebook
         with torch.no_grad():
             code = self.net.encode_identity(self.x_tex, self.x_verts).code
         self.register_buffer("pivot", torch.zeros_like(code))  # the fixed identity code of stage 2
-        self.n_input_frames = 0
-        self.inputs: dict[str, Tensor] | None = None
-        self.loss_history: list[tuple[int, int, float]] = []  # (step, stage, loss): SynShot Fig. 11
         self.apply_stage(1)
 
     # ---------------------------------------------------------------------------------- stages
@@ -172,7 +185,8 @@ class SynShotInversion(AvatarCheckpointMixin, AvatarEvalMixin, LightningModule):
     def train(self, mode: bool = True) -> SynShotInversion:
         """Keep the prior network in eval mode (see the module docstring)."""
         super().train(mode)
-        self.net.eval()
+        if self.net is not None:
+            self.net.eval()
         return self
 
     # -------------------------------------------------------------------------------- forward
