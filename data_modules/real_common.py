@@ -108,38 +108,57 @@ def intrinsics(fl_x: float, fl_y: float, cx: float, cy: float) -> Tensor:
     return torch.tensor([[fl_x, 0.0, cx], [0.0, fl_y, cy], [0.0, 0.0, 1.0]])
 
 
-def scale_intrinsics(K: Tensor, factor: float) -> Tensor:
-    """Intrinsics of the image down-sampled by ``factor``.
+def scale_intrinsics(K: Tensor, sx: float, sy: float | None = None) -> Tensor:
+    """Intrinsics of the image resized by ``sx`` horizontally and ``sy`` vertically (default ``sx``).
 
-    With pixel centres at (j + 0.5, i + 0.5) (the convention of ``render``), down-sampling by an
-    integer factor maps continuous pixel coordinates u -> u / factor exactly, so fx, fy, cx and cy
-    all divide by ``factor`` (no half-pixel shift).
+    With pixel centres at (j + 0.5, i + 0.5) (the convention of ``render``), resizing maps
+    continuous pixel coordinates u -> u·sx, v -> v·sy exactly, so fx, cx scale by sx and fy, cy by
+    sy (no half-pixel shift).
 
     Args:
         K: Tensor  # [..., 3, 3]
-        factor: down-sampling factor (> 0).
+        sx, sy: new size / old size along x and y.
     """
     out = K.clone()
-    out[..., :2, :] = K[..., :2, :] / factor
+    out[..., 0, :] = K[..., 0, :] * sx
+    out[..., 1, :] = K[..., 1, :] * (sx if sy is None else sy)
     return out
 
 
+def downsampled_size(height: int, width: int, factor: int) -> tuple[int, int]:
+    """Image size after down-sampling by ``factor`` (floor, as NeRSemble's 4x: 3208x2200 -> 802x550)."""
+    if factor < 1 or height < factor or width < factor:
+        raise ValueError(f"cannot down-sample a {width}x{height} image by {factor}")
+    return height // factor, width // factor
+
+
 def downsample(image: Tensor, factor: int) -> Tensor:
-    """Area down-sampling by an integer factor (the 4x of 3DRealHead), exact on pixel blocks.
+    """Down-sample by an integer factor: exact block averages when it divides the size, else an
+    anti-aliased resize to :func:`downsampled_size` (which maps u -> u·W'/W exactly).
 
     Args:
-        image: Tensor  # [C, H, W]; H and W must be divisible by ``factor``.
+        image: Tensor  # [C, H, W]
     """
     if factor == 1:
         return image
-    _, h, w = image.shape
-    if h % factor or w % factor:
-        raise ValueError(f"image size {w}x{h} is not divisible by the down-sampling factor {factor}")
-    return F.avg_pool2d(image[None], factor)[0]
+    h, w = image.shape[-2:]
+    if h % factor == 0 and w % factor == 0:
+        return F.avg_pool2d(image[None], factor)[0]
+    size = downsampled_size(h, w, factor)
+    return F.interpolate(image[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+@dataclass
+class ViewPixels:
+    """A view as the batch holds it: image [3, H, W], mask [1, H, W], intrinsics K [3, 3] of that size."""
+
+    image: Tensor
+    mask: Tensor
+    K: Tensor
 
 
 def load_view_pixels(view: View, factor: int, background: Tensor, stored_background: Tensor | None
-                     ) -> tuple[Tensor, Tensor]:
+                     ) -> ViewPixels:
     """Read a view's image and foreground mask, down-sample, composite onto ``background``.
 
     Args:
@@ -150,8 +169,8 @@ def load_view_pixels(view: View, factor: int, background: Tensor, stored_backgro
             (VHAP exports composite on white), or None when the image is RGBA and not composited.
 
     Returns:
-        image: Tensor  # [3, H, W] in [0, 1]
-        mask: Tensor  # [1, H, W] in [0, 1]
+        :class:`ViewPixels`: image in [0, 1] composited on ``background``, mask in [0, 1], and K
+        scaled to the down-sampled size.
     """
     pixels = load_image(view.image_path)
     if view.size is not None and tuple(pixels.shape[-2:]) != tuple(view.size):
@@ -171,9 +190,10 @@ def load_view_pixels(view: View, factor: int, background: Tensor, stored_backgro
     # compositing below and the full-resolution work is one multiply-add
     # (a stored composite is fg·a + stored_bg·(1 - a))
     premultiplied = rgb * mask if stored_background is None else rgb - stored_background.view(3, 1, 1) * (1 - mask)
-    premultiplied, mask = downsample(premultiplied, factor), downsample(mask, factor)
-    image = premultiplied + background.view(3, 1, 1) * (1 - mask)
-    return image.clamp(0, 1), mask
+    premultiplied, small = downsample(premultiplied, factor), downsample(mask, factor)
+    image = premultiplied + background.view(3, 1, 1) * (1 - small)
+    (h, w), (h2, w2) = mask.shape[-2:], small.shape[-2:]
+    return ViewPixels(image.clamp(0, 1), small.clamp(0, 1), scale_intrinsics(view.K, w2 / w, h2 / h))
 
 
 class RealHeadDataset(Dataset):
@@ -205,9 +225,9 @@ class RealHeadDataset(Dataset):
         s = self.samples[index]
         pixels = [load_view_pixels(v, self.factor, self.background, self.stored_background) for v in s.views]
         item = {
-            "image": torch.stack([p[0] for p in pixels]),
-            "mask": torch.stack([p[1] for p in pixels]),
-            "K": torch.stack([scale_intrinsics(v.K, self.factor) for v in s.views]),
+            "image": torch.stack([p.image for p in pixels]),
+            "mask": torch.stack([p.mask for p in pixels]),
+            "K": torch.stack([p.K for p in pixels]),
             "world_to_cam": torch.stack([v.world_to_cam for v in s.views]),
             "shape": s.flame.shape,
             "expr": s.flame.expr,
@@ -225,12 +245,9 @@ class RealHeadDataset(Dataset):
 
 
 def check_image_size(samples: list[Sample], factor: int) -> tuple[int, int]:
-    """Read the first image's size, check the down-sampling divides it; return (H, W) after it."""
-    first = samples[0].views[0].image_path
-    h, w = load_image(first).shape[-2:]
-    if h % factor or w % factor:
-        raise ValueError(f"image {first} is {w}x{h}, not divisible by downsample={factor}")
-    return h // factor, w // factor
+    """(H, W) of the batch images: the first image's size after down-sampling."""
+    h, w = load_image(samples[0].views[0].image_path).shape[-2:]
+    return downsampled_size(h, w, factor)
 
 
 def summary_line(name: str, splits: dict[str, list[Sample]], size: tuple[int, int], note: str = "") -> str:

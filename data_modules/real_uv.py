@@ -19,7 +19,7 @@ from torch import Tensor
 from avatar_lightning.head.model import load_head_model
 from avatar_lightning.head.texture import uv_inputs
 from avatar_lightning.head.uv import uv_rasterize
-from data_modules.real_common import Sample, View, load_view_pixels, scale_intrinsics
+from data_modules.real_common import Sample, View, load_view_pixels
 from data_modules.uv_cache import UVCache
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,8 @@ def sample_uv(head, raster, sample: Sample, views: list[View], factor: int, back
     """UV maps of one sample, back-projecting ``views`` (of the sample's frame) for the texture."""
     pixels = [load_view_pixels(v, factor, background, stored_background) for v in views]
     f = sample.flame
-    return uv_inputs(head, raster, f.shape, f.expr, torch.stack([p[0] for p in pixels]),
-                     torch.stack([p[1] for p in pixels]), torch.stack([scale_intrinsics(v.K, factor) for v in views]),
+    return uv_inputs(head, raster, f.shape, f.expr, torch.stack([p.image for p in pixels]),
+                     torch.stack([p.mask for p in pixels]), torch.stack([p.K for p in pixels]),
                      torch.stack([v.world_to_cam for v in views]), f.pose, f.translation)
 
 

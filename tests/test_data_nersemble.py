@@ -105,6 +105,17 @@ def test_few_shot_and_downsampling(export, head):
     assert max(fractions(head, hard, K=unscaled)) < 0.5
 
 
+def test_non_dividing_downsampling_resizes_and_scales_k(export, head):
+    """64 px by 3 -> 21 px (NeRSemble's 4x of 2200 px is exact, other exports need not be)."""
+    root, _ = export
+    batch = next(iter(make(root, head, downsample=3, batch_size=3).train_dataloader()))
+    assert batch["image"].shape[-2:] == (21, 21)
+    full = make(root, head).datasets["train"][0]["K"][0]
+    torch.testing.assert_close(batch["K"][0, 0, :2], full[:2] * 21 / 64)
+    hard = batch | {"mask": (batch["mask"] > 0.49).float()}
+    assert min(fractions(head, hard)) > 0.95
+
+
 def test_background_is_recomposited(export, head):
     root, _ = export
     batch = next(iter(make(root, head, background=(0.0, 0.0, 0.0)).val_dataloader()))
