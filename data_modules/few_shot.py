@@ -57,16 +57,19 @@ def farthest_point_sampling(points: Tensor, k: int, start: int | None = None) ->
     return picks
 
 
-def select_few_shot(expr: Tensor, k: int | None) -> Tensor:
+def select_few_shot(expr: Tensor, k: int | None, where: str = "") -> Tensor:
     """Indices of the ``k`` frames to train on (all frames, in order, when ``k`` is None).
 
     Args:
         expr: Tensor  # [N, E] expression coefficients of the candidate training frames
         k: few-shot count, or None for all.
+        where: the sequence, named in the error when it has fewer than ``k`` training frames.
 
     Returns:
         Tensor  # [k] or [N] long
     """
     if k is None:
         return torch.arange(expr.shape[0])
+    if not 1 <= k <= expr.shape[0]:
+        raise ValueError(f"{where}: few_shot={k} but the training split has {expr.shape[0]} frames")
     return farthest_point_sampling(expr, k)

@@ -233,7 +233,7 @@ class INSTADataModule(RealHeadDataModule):
         hp = self.hparams
         train, val, test = split_frames(len(seq.views), hp.n_test, hp.n_val)
         expr = torch.stack([seq.flame[i].expr for i in train])
-        shots = [train[j] for j in select_few_shot(expr, hp.few_shot).tolist()]
+        shots = [train[j] for j in select_few_shot(expr, hp.few_shot, str(seq.root)).tolist()]
 
         def samples(indices: list[int] | range) -> list[Sample]:
             return [Sample(views=[seq.views[i]], flame=seq.flame[i], identity=identity, frame=seq.numbers[i],

@@ -283,7 +283,7 @@ class NeRSembleDataModule(RealHeadDataModule):
         train_t, test_t = split_timesteps(seq.timesteps, hp.train_ratio)
         train_cams, val_cams = split_cameras(seq.cameras, hp.val_camera)
         expr = torch.stack([seq.flame[t].expr for t in train_t])
-        shots = [train_t[i] for i in select_few_shot(expr, hp.few_shot).tolist()]
+        shots = [train_t[i] for i in select_few_shot(expr, hp.few_shot, str(seq.root)).tolist()]
 
         def samples(timesteps: list[int], cameras: list[int], per_sample: int) -> list[Sample]:
             return [Sample(views=g, flame=seq.flame[t], identity=identity, frame=t, root=seq.root)

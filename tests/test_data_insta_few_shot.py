@@ -49,7 +49,9 @@ def test_select_and_errors():
     expr = torch.randn(10, 4)
     assert select_few_shot(expr, None).tolist() == list(range(10))
     assert select_few_shot(expr, 10).sort().values.tolist() == list(range(10))
+    with pytest.raises(ValueError, match="actor_3: few_shot=11 but the training split has 10 frames"):
+        select_few_shot(expr, 11, "actor_3")
     with pytest.raises(ValueError, match="k=11 of N=10"):
-        select_few_shot(expr, 11)
+        farthest_point_sampling(expr, 11)
     with pytest.raises(ValueError, match=r"\[N, D\]"):
         farthest_point_sampling(torch.randn(3), 1)
