@@ -24,7 +24,7 @@ class TileBins:
     """Gaussian ids per tile, each tile's run sorted front to back by camera z.
 
     Attributes:
-        gauss: Tensor  # [I] flat Gaussian ids (view·N + n), grouped by tile.
+        gauss: Tensor  # [I] int32 flat Gaussian ids (view·N + n), grouped by tile.
         start: Tensor  # [V·T] offset of each tile's run in ``gauss``.
         count: Tensor  # [V·T] length of each tile's run.
         tiles_x: tiles per row (T = tiles_x · tiles_y per view).
@@ -75,20 +75,23 @@ def bin_gaussians(means2d: Tensor, conics: Tensor, opacities: Tensor, depths: Te
     ok &= ((lo <= hi) & (hi >= 0) & (lo <= size)).all(-1)
     lo = torch.minimum(lo.clamp_min(0), size).long() // tile_size
     hi = torch.minimum(hi.clamp_min(0), size).long() // tile_size
-    span = (hi - lo + 1) * ok[..., None]  # [V,N,2]
-    per_gauss = (span[..., 0] * span[..., 1]).flatten()  # [V·N]
-
-    gid = torch.repeat_interleave(torch.arange(v * n, device=depths.device), per_gauss)
-    first = torch.cumsum(per_gauss, 0) - per_gauss
-    local = torch.arange(gid.numel(), device=depths.device) - first[gid]
-    lo_f, span_f = lo.flatten(0, 1)[gid], span.flatten(0, 1)[gid]
-    tx = lo_f[:, 0] + local % span_f[:, 0]
-    ty = lo_f[:, 1] + local // span_f[:, 0]
-    tile = (gid // n) * (tiles_x * tiles_y) + ty * tiles_x + tx
-    # Rank by depth across all views (ties broken by id); within a tile all share one view.
-    rank = torch.empty_like(per_gauss)
-    rank[torch.argsort(depths.flatten(), stable=True)] = torch.arange(v * n, device=depths.device)
-    order = torch.argsort(tile * (v * n) + rank[gid])
+    span = ((hi - lo + 1) * ok[..., None]).flatten(0, 1)  # [V·N, 2]
+    lo = lo.flatten(0, 1)
+    # Expand Gaussians front to back, so that a *stable* sort by tile keeps each tile's run in depth
+    # order; int32 throughout halves the memory of these per-intersection arrays.
+    order = torch.argsort(depths.flatten(), stable=True)
+    per_gauss = (span[:, 0] * span[:, 1])[order]
+    gid = torch.repeat_interleave(order.to(torch.int32), per_gauss)  # [I]
+    first = (torch.cumsum(per_gauss, 0) - per_gauss).to(torch.int32)
+    local = torch.arange(gid.numel(), dtype=torch.int32, device=gid.device)
+    local -= torch.repeat_interleave(first, per_gauss)
+    span_x = span[:, 0].to(torch.int32).index_select(0, gid)
+    tx = lo[:, 0].to(torch.int32).index_select(0, gid) + local % span_x
+    ty = lo[:, 1].to(torch.int32).index_select(0, gid) + local // span_x
+    del local, span_x
+    tile = torch.div(gid, n, rounding_mode="floor") * (tiles_x * tiles_y) + ty * tiles_x + tx
+    del tx, ty
+    tile, perm = torch.sort(tile, stable=True)
     count = torch.bincount(tile, minlength=v * tiles_x * tiles_y)
-    return TileBins(gauss=gid[order], start=torch.cumsum(count, 0) - count, count=count,
+    return TileBins(gauss=gid[perm], start=torch.cumsum(count, 0) - count, count=count,
                     tiles_x=tiles_x, tiles_y=tiles_y, tile_size=tile_size)
