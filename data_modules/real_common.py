@@ -217,6 +217,11 @@ class RealHeadDataset(Dataset):
         self.background = background
         self.stored_background = stored_background
         self.uv = uv
+        has_offset = [s.flame.static_offset is not None for s in samples]
+        # a batch key must be in every item; mixing sequences with and without offsets drops them
+        self.with_offset = all(has_offset)
+        if any(has_offset) and not self.with_offset:
+            log.warning("static_offset is present in only some sequences; it is left out of the batch")
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -237,7 +242,7 @@ class RealHeadDataset(Dataset):
             "frame": torch.tensor(s.frame),
             "background": self.background,
         }
-        if s.flame.static_offset is not None:
+        if self.with_offset:
             item["static_offset"] = s.flame.static_offset
         if self.uv is not None:
             item.update(read_cached(self.uv[index]))
