@@ -22,7 +22,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 
 from avatar_lightning.export import iter_rendered, side_by_side, write_metrics, write_video
 from avatar_lightning.head.model import HeadModel
-from avatar_lightning.io import save_image
+from avatar_lightning.io import atomic_path, save_image
 from avatar_lightning.lit.render_step import MeshBinding, pose_gaussians, render_batch
 from avatar_lightning.render import Gaussians, RenderOutput, orbit_cameras, save_ply
 from avatar_lightning.viz import error_map
@@ -235,6 +235,39 @@ class AvatarCheckpointMixin:
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"].update({f"head.{k}": v for k, v in self.head.state_dict().items()})  # type: ignore[attr-defined]
+
+    def remember_inputs(self, batch: Mapping[str, Tensor]) -> None:
+        """Keep the first training sample (the few-shot inputs) for the exported videos."""
+        if getattr(self, "inputs", None) is None:
+            self.inputs = {k: v[:1].detach() for k, v in batch.items()}
+
+    def output_metrics(self) -> dict:
+        """Run facts written into ``metrics.json`` beside the held-out scores."""
+        return {"steps": self.global_step, "n_input_frames": self.n_input_frames}  # type: ignore[attr-defined]
+
+    def on_fit_end(self) -> None:
+        out_dir = getattr(self.hparams, "output_dir", None)  # type: ignore[attr-defined]
+        if out_dir and self.trainer.is_global_zero:  # type: ignore[attr-defined]
+            self.write_outputs(out_dir)
+
+    def write_outputs(self, out_dir: str | Path) -> dict[str, Path]:
+        """Checkpoint + PLY + turntable / expression MP4s + ``metrics.json`` (held-out), all atomic.
+
+        Held-out data is the DataModule's validation set. Single-process only: the checkpoint is
+        written by this process alone.
+        """
+        if getattr(self, "inputs", None) is None:
+            raise RuntimeError(f"{type(self).__name__}.write_outputs: no training batch was seen (nothing was fitted)")
+        out, trainer = Path(out_dir), self.trainer  # type: ignore[attr-defined]
+        with atomic_path(out / "avatar.ckpt") as tmp:
+            trainer.save_checkpoint(tmp)
+        dm = trainer.datamodule
+        eval_loader = dm.val_dataloader() if dm is not None else (trainer.val_dataloaders or [])
+        hp = self.hparams  # type: ignore[attr-defined]
+        inputs = {k: v.to(self.device) for k, v in self.inputs.items()}  # type: ignore[attr-defined]
+        paths = self.export_avatar(out, inputs, eval_loader, hp.turntable_frames,  # type: ignore[attr-defined]
+                                   hp.expression_steps, hp.fps, extra_metrics=self.output_metrics())
+        return {"avatar.ckpt": out / "avatar.ckpt", **paths}
 
     def count_input_frames(self) -> int:
         """Images in one pass over the training data (B × V summed): SynShot's "training frames"."""

@@ -119,6 +119,10 @@ class GaussianAvatarBaseline(AvatarCheckpointMixin, AvatarEvalMixin, LightningMo
         head_seed: built-in head generator seed (must match the data).
         regions: bind Gaussians only to triangles of these head regions (e.g. ``["face"]``,
             FlashAvatar-style); None binds to every triangle.
+        output_dir: where the avatar outputs go at the end of fit (None: not written).
+        turntable_frames: frames of the 360° turntable video.
+        expression_steps: video frames between consecutive held-out expressions.
+        fps: frame rate of both videos.
         render_backend: rasteriser backend (``"auto"``, ``"torch"``, ``"gsplat"``).
     """
 
@@ -128,7 +132,9 @@ class GaussianAvatarBaseline(AvatarCheckpointMixin, AvatarEvalMixin, LightningMo
                  lr_scale: float = 5e-2, lr_opacity: float = 5e-2, lr_color: float = 2.5e-2,
                  l1_weight: float = 0.8, ssim_weight: float = 0.2, position_weight: float = 1e-2,
                  position_threshold: float = 1.0, scale_weight: float = 1.0, scale_threshold: float = 0.6,
-                 head_seed: int = 0, regions: list[str] | None = None, render_backend: str = "auto") -> None:
+                 head_seed: int = 0, regions: list[str] | None = None, output_dir: str | None = None,
+                 turntable_frames: int = 60, expression_steps: int = 12, fps: float = 25.0,
+                 render_backend: str = "auto") -> None:
         super().__init__()
         self.save_hyperparameters()
         self.head = load_head_model(head_model, n_shape=n_shape, n_expr=n_expr, seed=head_seed)
@@ -157,6 +163,7 @@ class GaussianAvatarBaseline(AvatarCheckpointMixin, AvatarEvalMixin, LightningMo
         self.photometric = PhotometricLoss(l1_weight=l1_weight, ssim_weight=ssim_weight, lpips_weight=0.0)
         self.eval_scores = eval_metrics()
         self.n_input_frames = 0
+        self.inputs: dict[str, Tensor] | None = None
 
     @torch.no_grad()
     def _local_positions(self) -> Tensor:
@@ -221,6 +228,7 @@ class GaussianAvatarBaseline(AvatarCheckpointMixin, AvatarEvalMixin, LightningMo
         return hp.position_weight * pos + hp.scale_weight * scale
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        self.remember_inputs(batch)
         if not bool(self.colors_initialised) and "uv_texture" in batch:
             self.init_colors_from_texture(batch["uv_texture"][0])
         rendered = self.render(batch)

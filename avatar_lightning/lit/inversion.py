@@ -29,7 +29,6 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from avatar_lightning.batch import validate_batch
-from avatar_lightning.io import atomic_path
 from avatar_lightning.lit.assemble import Assembled
 from avatar_lightning.lit.avatar_common import AvatarCheckpointMixin, AvatarEvalMixin, eval_metrics
 from avatar_lightning.lit.render_step import MeshBinding, render_batch
@@ -228,8 +227,7 @@ class SynShotInversion(AvatarCheckpointMixin, AvatarEvalMixin, LightningModule):
         if not bool(self.identity_captured):
             validate_batch(batch, require_uv=True)
             self.capture_identity(batch)
-        if self.inputs is None:
-            self.inputs = {k: v[:1].detach() for k, v in batch.items()}
+        self.remember_inputs(batch)
         if int(self.stage) == 1 and self.global_step >= self.stage1_steps:
             self.switch_to_stage2()
 
@@ -264,24 +262,9 @@ class SynShotInversion(AvatarCheckpointMixin, AvatarEvalMixin, LightningModule):
         return torch.optim.Adam([{"params": self.stage_parameters(1), "lr": self.hparams.lr_stage1},
                                  {"params": self.stage_parameters(2), "lr": self.hparams.lr_stage2}])
 
-    def on_fit_end(self) -> None:
-        if self.hparams.output_dir and self.trainer.is_global_zero:
-            self.write_outputs(self.hparams.output_dir)
-
-    def write_outputs(self, out_dir: str | os.PathLike) -> dict[str, Path]:
-        """Checkpoint + PLY + turntable / expression MP4s + ``metrics.json`` (held-out), all atomic."""
-        if self.inputs is None:
-            raise RuntimeError("SynShotInversion.write_outputs: no training batch was seen (nothing was inverted)")
-        out = Path(out_dir)
-        with atomic_path(out / "avatar.ckpt") as tmp:
-            self.trainer.save_checkpoint(tmp)
-        dm = self.trainer.datamodule
-        eval_loader = dm.val_dataloader() if dm is not None else (self.trainer.val_dataloaders or [])
-        extra = {"steps": self.global_step, "stage1_steps": self.stage1_steps, "n_input_frames": self.n_input_frames}
-        paths = self.export_avatar(out, {k: v.to(self.device) for k, v in self.inputs.items()}, eval_loader,
-                                   self.hparams.turntable_frames, self.hparams.expression_steps, self.hparams.fps,
-                                   extra_metrics=extra)
-        return {"avatar.ckpt": out / "avatar.ckpt", **paths}
+    def output_metrics(self) -> dict[str, Any]:
+        """Run facts written into ``metrics.json`` beside the held-out scores."""
+        return {"steps": self.global_step, "stage1_steps": self.stage1_steps, "n_input_frames": self.n_input_frames}
 
     # ---------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
