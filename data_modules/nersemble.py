@@ -198,7 +198,8 @@ class NeRSembleDataModule(RealHeadDataModule):
         roots: VHAP export folders, one per (subject, sequence).
         identities: identity index of each root (sequences of one subject share it); default
             0, 1, 2, ... in the order of ``roots``.
-        downsample: integer image down-sampling factor; 3DRealHead (Sec. V-A) trains at 4.
+        downsample: integer image down-sampling factor, K scaled to match; 3DRealHead (Sec. V-A)
+            trains at 4 (3208x2200 -> 802x550; sizes it does not divide are resized to the floor).
         views_per_sample: cameras per training sample (V of the batch); validation and test use 1.
         train_ratio: fraction of timesteps used for training (VHAP's default 0.7); the rest test.
         val_camera: camera held out for validation (NeRSemble's frontal camera is 8).

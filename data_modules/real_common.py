@@ -286,9 +286,13 @@ class RealHeadDataModule(LightningDataModule):
         """Number of distinct identities (for ``link_arguments`` to the model)."""
         return len({s.identity for samples in self.splits.values() for s in samples})
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool) -> DataLoader | list:
         if split not in self.datasets:
-            raise RuntimeError(f"the {split} split is empty for roots {self.hparams.roots}")
+            if split == "train":
+                raise RuntimeError(f"the train split is empty for roots {self.hparams.roots}")
+            # e.g. a one-camera export has no held-out camera; Lightning skips an empty loader list
+            log.info("the %s split is empty for roots %s; skipping it", split, self.hparams.roots)
+            return []
         workers = self.hparams.num_workers
         return DataLoader(self.datasets[split], batch_size=self.hparams.batch_size, shuffle=shuffle,
                           num_workers=workers, persistent_workers=workers > 0)
@@ -296,8 +300,8 @@ class RealHeadDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list:
         return self._loader("val", shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader | list:
         return self._loader("test", shuffle=False)

@@ -88,6 +88,7 @@ def test_split_is_time_ordered_last_frames(actor, head):
     assert frames["val"] == list(range(N_FRAMES - N_VAL, N_FRAMES))
     with pytest.raises(ValueError, match="n_test"):
         make(root, head, n_test=N_FRAMES)
+    assert make(root, head, n_val=0).val_dataloader() == []  # Lightning skips an empty loader list
 
 
 def test_few_shot_picks_farthest_expressions(actor, head):
