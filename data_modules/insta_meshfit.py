@@ -3,7 +3,8 @@
 INSTA's ``flame/exp/<id>.txt`` hold expressions only, but ``meshes/<id>.obj`` are the tracker's
 posed FLAME vertices (no global pose; the head pose is in the camera). With the same head model
 those meshes pin down the rest: the identity by linear least squares on the vertices that jaw and
-eyes do not move, then jaw and eye rotations per frame (all frames at once) by L-BFGS. The
+eyes do not move (refined with a few frames' rotations), then every frame's jaw and eye rotations
+(all frames at once) by L-BFGS. The
 tracker's eyelid blendshapes are not in a FLAME file, so a small residual stays around the eyes.
 The result is cached beside the data (:class:`~data_modules.uv_cache.UVCache`).
 """
@@ -85,30 +86,9 @@ def fit_shape(head, meshes: Tensor, expr: Tensor) -> Tensor:
     return torch.linalg.lstsq(basis.double(), residual.reshape(-1, 1).double()).solution[:, 0].float()
 
 
-def fit_meshes(head, meshes: Tensor, expr: Tensor, shape_frames: int = 16, iters: int = 50) -> MeshFit:
-    """Shape, jaw and eye poses that make the head reproduce the meshes.
-
-    Args:
-        head: the head model the meshes were made with (same topology).
-        meshes: Tensor  # [N, V, 3]
-        expr: Tensor  # [N, E]
-        shape_frames: frames (evenly spaced) the identity is fitted on.
-        iters: L-BFGS iterations for the per-frame jaw and eye rotations.
-    """
-    if meshes.shape[1] != head.num_vertices:
-        raise ValueError(f"INSTA meshes have {meshes.shape[1]} vertices but head model {head.source} has "
-                         f"{head.num_vertices}: pass the FLAME model the data was tracked with")
-    n = meshes.shape[0]
-    sub = torch.linspace(0, n - 1, min(shape_frames, n)).round().long()
-    shape = fit_shape(head, meshes[sub], expr[sub])[None].expand(n, -1)
-    rot = torch.zeros(n, 3, 3, requires_grad=True)  # jaw, left eye, right eye (frames are independent)
-    opt = torch.optim.LBFGS([rot], max_iter=iters, line_search_fn="strong_wolfe")
-
-    def pose() -> Tensor:
-        return torch.cat([rot.new_zeros(n, 2, 3), rot], 1)
-
-    def loss() -> Tensor:
-        return (head(shape, expr, pose()).vertices - meshes).square().sum(-1).mean(1).sum()
+def _minimise(params: list[Tensor], loss, iters: int) -> None:
+    """Run L-BFGS (strong Wolfe line search) on ``loss()`` over ``params`` in place."""
+    opt = torch.optim.LBFGS(params, max_iter=iters, line_search_fn="strong_wolfe")
 
     def closure() -> Tensor:
         opt.zero_grad()
@@ -117,9 +97,47 @@ def fit_meshes(head, meshes: Tensor, expr: Tensor, shape_frames: int = 16, iters
         return value
 
     opt.step(closure)
+
+
+def _pose(rot: Tensor) -> Tensor:
+    """[N, 3, 3] jaw/eye rotation vectors -> [N, 5, 3] FLAME pose with global and neck zero."""
+    return torch.cat([rot.new_zeros(rot.shape[0], 2, 3), rot], 1)
+
+
+def _error(head, shape: Tensor, expr: Tensor, rot: Tensor, meshes: Tensor) -> Tensor:
+    """Sum over frames of the mean squared vertex distance (frames are independent in ``rot``)."""
+    verts = head(shape[None].expand(rot.shape[0], -1), expr, _pose(rot)).vertices
+    return (verts - meshes).square().sum(-1).mean(1).sum()
+
+
+def fit_meshes(head, meshes: Tensor, expr: Tensor, shape_frames: int = 16, iters: int = 50) -> MeshFit:
+    """Shape, jaw and eye poses that make the head reproduce the meshes.
+
+    Three stages, each cheap: identity by least squares on :func:`rigid_vertices` of a few frames;
+    identity and those frames' rotations refined together (all vertices, in case the rigid ones
+    constrain the identity poorly); then every frame's rotations with the identity fixed.
+
+    Args:
+        head: the head model the meshes were made with (same topology).
+        meshes: Tensor  # [N, V, 3]
+        expr: Tensor  # [N, E]
+        shape_frames: frames (evenly spaced) the identity is fitted on.
+        iters: L-BFGS iterations per stage.
+    """
+    if meshes.shape[1] != head.num_vertices:
+        raise ValueError(f"INSTA meshes have {meshes.shape[1]} vertices but head model {head.source} has "
+                         f"{head.num_vertices}: pass the FLAME model the data was tracked with")
+    n = meshes.shape[0]
+    sub = torch.linspace(0, n - 1, min(shape_frames, n)).round().long()
+    shape = fit_shape(head, meshes[sub], expr[sub]).requires_grad_(True)
+    rot_sub = torch.zeros(len(sub), 3, 3, requires_grad=True)
+    _minimise([shape, rot_sub], lambda: _error(head, shape, expr[sub], rot_sub, meshes[sub]), iters)
+    shape = shape.detach()
+    rot = torch.zeros(n, 3, 3, requires_grad=True)
+    _minimise([rot], lambda: _error(head, shape, expr, rot, meshes), iters)
     with torch.no_grad():
-        rmse = (loss() / n).sqrt().item()
-    return MeshFit(shape[0].detach(), pose().detach(), rmse)
+        rmse = (_error(head, shape, expr, rot, meshes) / n).sqrt().item()
+    return MeshFit(shape, _pose(rot.detach()), rmse)
 
 
 def cached_mesh_fit(root: Path, head, head_model: str, mesh_paths: list[Path], expr: Tensor) -> MeshFit:
