@@ -76,10 +76,10 @@ def worker(n: int, size: int, repeats: int, threads: int) -> dict:
             "threads": threads}
 
 
-def run_case(n: int, size: int, repeats: int, threads: int) -> dict:
+def run_case(n: int, size: int, repeats: int, threads: int, wait_policy: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", str(n), str(size), "--repeats", str(repeats),
            "--threads", str(threads)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY=wait_policy)
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -90,16 +90,21 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="headline cases only")
+    ap.add_argument("--omp-wait-policy", default=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+                    help="PASSIVE (default) stops idle OpenMP threads spinning, which on a shared machine "
+                         "steals the CPU from the thread that has work; ACTIVE is OpenMP's usual default")
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(*args.worker, args.repeats, args.threads)))
         return
     cases = HEADLINE + ([] if args.quick else SCALING_N + SCALING_PIX)
-    print(f"torch rasteriser, forward+backward, {args.threads} threads, median of {args.repeats}")
+    print(f"torch rasteriser, forward+backward, {args.threads} threads (OMP_WAIT_POLICY="
+          f"{args.omp_wait_policy}), median of {args.repeats}")
     print(f"load average before: {os.getloadavg()}")
     print(f"{'N':>7} {'H=W':>5} {'median s':>9} {'min s':>7} {'cpu s':>7} {'peak MB':>8} {'mean alpha':>10}")
     for n, size in cases:
-        r = run_case(n, size, args.repeats if (n, size) in HEADLINE else max(2, args.repeats // 2), args.threads)
+        reps = args.repeats if (n, size) in HEADLINE else max(2, args.repeats // 2)
+        r = run_case(n, size, reps, args.threads, args.omp_wait_policy)
         print(f"{r['n']:>7} {r['size']:>5} {r['median_s']:>9.3f} {r['min_s']:>7.3f} {r['cpu_s']:>7.3f} "
               f"{r['peak_mb']:>8.0f} {r['coverage']:>10.2f}", flush=True)
     print(f"load average after: {os.getloadavg()}")

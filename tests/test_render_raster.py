@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from avatar_lightning.render import Cameras, Gaussians, look_at, raster_torch, rasterize
@@ -111,16 +112,18 @@ def test_parity_far_plane_and_sh_degree_override():
     compare(g, cams, sh_degree=1)
 
 
-def test_segments_and_tiny_budget_match_default(monkeypatch):
-    """Splitting tile lists into 3-Gaussian segments and 4-tile groups changes nothing."""
+@pytest.mark.parametrize(("tile_size", "segment"), [(raster_torch.TILE_SIZE, 3), (16, 16)])
+def test_segments_tiles_and_tiny_budget_match_default(monkeypatch, tile_size, segment):
+    """Short segments, 4-tile groups and another tile size change nothing."""
     g = make_scene(80, seed=3, spread=0.15, opacity=(0.6, 0.99))
     cams = make_cameras()
     gf = leaves(g)
     out = rasterize(gf, cams, backend="torch")
     ws = loss_weights(out)
     weighted(out, ws).backward()
-    monkeypatch.setattr(raster_torch, "DEFAULT_SEGMENT", 3)
-    monkeypatch.setattr(raster_torch, "DEFAULT_BUDGET", 4 * 256 * 3)  # 4 tiles per group
+    monkeypatch.setattr(raster_torch, "DEFAULT_SEGMENT", segment)
+    monkeypatch.setattr(raster_torch, "DEFAULT_BUDGET", 4 * tile_size**2 * segment)  # 4 tiles per group
+    monkeypatch.setattr(raster_torch, "TILE_SIZE", tile_size)
     gs = leaves(g)
     out_s = rasterize(gs, cams, backend="torch")
     weighted(out_s, ws).backward()
@@ -161,11 +164,11 @@ def test_gradcheck_tiny_scene():
                    world_to_cam=cams.world_to_cam, width=9, height=7)
 
     def fn(*xs):
-        out = rasterize(Gaussians(*xs), cams, background=torch.tensor([0.3, 0.1, 0.6], dtype=torch.float64),
-                        backend="torch")
+        out = rasterize(Gaussians(*xs[:5]), cams, background=xs[5], backend="torch")
         return out.rgb, out.alpha, out.depth
 
-    inputs = tuple(getattr(leaves(g), f) for f in FIELDS)
+    bg = torch.tensor([0.3, 0.1, 0.6], dtype=torch.float64, requires_grad=True)
+    inputs = (*(getattr(leaves(g), f) for f in FIELDS), bg)
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True)
 
 
