@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .rotations import quat_to_rotmat
-from .sh import eval_sh
+from .sh import sh_basis
 from .types import Cameras, Gaussians
 
 DILATION = 0.3  # pixels², added to every 2D covariance (Inria and gsplat "classic")
@@ -90,9 +90,12 @@ def project(gaussians: Gaussians, cameras: Cameras, sh_degree: int | None = None
     conics = torch.stack([c / det_safe, -b / det_safe, a / det_safe], -1)
     means2d = torch.stack([fx * means_c[..., 0] / tz_safe + cx, fy * means_c[..., 1] / tz_safe + cy], -1)
 
-    dirs = gaussians.means[:, None] - cameras.campos[:, :, None]  # [B,C,N,3]
-    sh = gaussians.sh[:, None].expand(*dirs.shape[:-1], *gaussians.sh.shape[-2:])
-    colors = (eval_sh(deg, sh, dirs) + 0.5).clamp_min(0)
+    dirs = torch.nn.functional.normalize(gaussians.means[:, None] - cameras.campos[:, :, None], dim=-1)
+    basis = sh_basis(deg, dirs)  # [B,C,N,k]
+    # one [C, k] @ [k, 3] product per Gaussian: never materialises the SH per camera
+    sh = gaussians.sh[..., : basis.shape[-1], :]  # [B,N,k,3]
+    colors = torch.matmul(basis.permute(0, 2, 1, 3), sh).permute(0, 2, 1, 3)  # [B,C,N,3]
+    colors = (colors + 0.5).clamp_min(0)
     opac = torch.where(valid, gaussians.opacities[:, None].expand_as(tz), zeros)
 
     def flat(t: Tensor) -> Tensor:
