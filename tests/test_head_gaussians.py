@@ -119,3 +119,24 @@ def test_rotate_sh_turns_view_dependent_colour(degree: int) -> None:
     rotated = torch.einsum("bnk,bkc->bnc", sh_basis(degree, d), rotate_sh(sh, R))
     original = torch.einsum("bnk,bkc->bnc", sh_basis(degree, d @ R), sh)  # f(Rᵀ d)
     torch.testing.assert_close(rotated, original)
+
+
+def test_pose_gaussians_gradcheck() -> None:
+    g = torch.Generator().manual_seed(4)
+    N = 3
+    A = torch.eye(4, dtype=torch.float64).repeat(1, N, 1, 1)
+    A[..., :3, :3] = axis_angle_to_matrix(torch.randn(1, N, 3, generator=g, dtype=torch.float64))
+    A[..., :3, :3] += 0.05 * torch.randn(1, N, 3, 3, generator=g, dtype=torch.float64)  # LBS blends are not rigid
+    A[..., :3, 3] = torch.randn(1, N, 3, generator=g, dtype=torch.float64)
+    means = torch.randn(1, N, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    quats = torch.randn(1, N, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    sh = torch.randn(1, N, 4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    A.requires_grad_(True)
+
+    def fn(means, quats, sh, A):
+        ones = torch.ones_like(means)
+        canon = Gaussians(means=means, quats=quats, scales=ones, opacities=ones[..., 0], sh=sh)
+        out = pose_gaussians(canon, A)
+        return out.means, out.quats, out.sh
+
+    assert torch.autograd.gradcheck(fn, (means, quats, sh, A))

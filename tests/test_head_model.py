@@ -202,3 +202,20 @@ def test_flame_loader_names_bad_shape_and_missing_files(fixture_dir: Path, tmp_p
         load_head_model(tmp_path / "nothing.pkl")
     with pytest.raises(ValueError, match="n_shape=301"):
         load_head_model(fixture_dir / "generic_model.pkl", n_shape=301)
+
+
+def test_lbs_gradcheck() -> None:
+    g = torch.Generator().manual_seed(2)
+    V, parents = 4, [-1, 0, 1, 1, 1]
+    J_reg = torch.rand(5, V, generator=g, dtype=torch.float64)
+    w = torch.rand(V, 5, generator=g, dtype=torch.float64)
+    w /= w.sum(1, keepdim=True)
+    posedirs = 0.1 * torch.randn(36, V * 3, generator=g, dtype=torch.float64)
+    v = torch.randn(1, V, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    pose = torch.randn(1, 5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def fn(v, pose):
+        r = linear_blend_skinning(v, pose, J_reg, parents, w, posedirs)
+        return r.vertices, r.vertex_transforms
+
+    assert torch.autograd.gradcheck(fn, (v, pose))

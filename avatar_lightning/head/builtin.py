@@ -25,7 +25,7 @@ from avatar_lightning.head.builtin_sdf import BASE_PARAMS, head_sdf
 from avatar_lightning.io import atomic_path, config_hash
 
 #: Version of the generator; bump it to invalidate caches when the geometry changes.
-GENERATOR_VERSION = 6
+GENERATOR_VERSION = 8
 N_SHAPE_SLOTS, N_EXPR_SLOTS = 300, 100
 
 #: Identity components: name -> parameter changes for one standard deviation.

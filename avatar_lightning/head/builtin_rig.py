@@ -181,7 +181,7 @@ def expression_basis(v: np.ndarray, topo: Topology, q: dict[str, float]) -> tupl
         "blink_left": lambda: blink(1),
         "blink_right": lambda: blink(-1),
         "squint": lambda: pair(eyes[1] + [0, -0.011, 0.01], 0.009, (0, 0.0025, 0.0005)),
-        "nose_wrinkle": lambda: pair((0.011, q["eye_y"] - 0.02, 0.098), 0.008, (0, 0.003, -0.001))
+        "nose_wrinkle": lambda: pair((0.011, q["eye_y"] - 0.02, 0.098), 0.008, (0, 0.002, -0.0007))
         + at(lm["upper_lip"], 0.008, (0, 0.0012, 0)),
         # one-sided pulls: the mouth slides sideways while that corner rises and retracts
         "mouth_left": lambda: at(mouth, 0.016, (0.004, 0, 0)) + at(lm["corner_l"], 0.01, (0.002, 0.004, -0.003)),

@@ -19,13 +19,13 @@ BASE_PARAMS: dict[str, float] = {
     "chin_z": 0.078, "chin_y": -0.088, "chin_r": 0.019,
     "jaw_w": 0.050, "jaw_y": -0.062,
     "cheek_x": 0.044, "cheek_r": 0.024, "cheek_y": -0.004,
-    "nose_len": 0.040, "nose_tip_z": 0.118, "nose_w": 0.016, "nose_bridge": 0.010,
+    "nose_len": 0.037, "nose_tip_z": 0.118, "nose_w": 0.016, "nose_bridge": 0.010,
     "brow_y": 0.040, "brow_z": 0.079, "brow_r": 0.013,
     "forehead_z": 0.060,
     "eye_x": 0.032, "eye_y": 0.016, "eye_depth": 0.0, "eye_r": 0.0120,
     "mouth_y": -0.050, "mouth_w": 0.026, "lip_t": 0.0085,
     "ear_y": 0.004, "ear_h": 0.031, "ear_out": 0.012,
-    "neck_r": 0.054, "temple": 0.0,
+    "neck_r": 0.050, "temple": 0.0,
 }
 
 
@@ -108,8 +108,8 @@ def _nose(p: Tensor, q: dict[str, float]) -> Tensor:
 
 def _lips(p: Tensor, q: dict[str, float]) -> Tensor:
     w, t, y = q["mouth_w"], q["lip_t"], q["mouth_y"]
-    upper = _ellipsoid(p, (0, y + t * 0.55, 0.086), (w, t * 0.7, 0.010))
-    lower = _ellipsoid(p, (0, y - t * 0.65, 0.083), (w * 0.85, t * 0.8, 0.011))
+    upper = _ellipsoid(p, (0, y + t * 0.55, 0.084), (w, t * 0.65, 0.0085))
+    lower = _ellipsoid(p, (0, y - t * 0.65, 0.081), (w * 0.85, t * 0.75, 0.0095))
     return _smin(upper, lower, 0.003)
 
 
