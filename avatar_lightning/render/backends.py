@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .raster_torch import ALPHA_MAX
+from .rotations import normalize_quat
 from .types import Cameras, Gaussians, RenderOutput
 
 INRIA_NEAR = 0.2  # hard-coded in diff_gaussian_rasterization's in_frustum()
@@ -104,13 +105,15 @@ def _inria_pass(g: Gaussians, b: int, view: Tensor, tan: tuple[float, float], op
     from diff_gaussian_rasterization import GaussianRasterizationSettings, GaussianRasterizer
 
     proj = _inria_projection(*tan, device=view.device) @ view
-    settings = GaussianRasterizationSettings(
-        image_height=cameras.height, image_width=cameras.width, tanfovx=tan[0], tanfovy=tan[1],
-        bg=bg.float(), scale_modifier=1.0, viewmatrix=view.T.contiguous(), projmatrix=proj.T.contiguous(),
-        sh_degree=deg, campos=torch.linalg.inv(view)[:3, 3], prefiltered=False, debug=False)
-    out = GaussianRasterizer(settings)(
+    fields = dict(image_height=cameras.height, image_width=cameras.width, tanfovx=tan[0], tanfovy=tan[1],
+                  bg=bg.float(), scale_modifier=1.0, viewmatrix=view.T.contiguous(), projmatrix=proj.T.contiguous(),
+                  sh_degree=deg, campos=torch.linalg.inv(view)[:3, 3], prefiltered=False, debug=False,
+                  antialiasing=False)
+    # releases differ in which settings exist (tanfov*, antialiasing): pass the ones this one declares
+    settings = GaussianRasterizationSettings(**{k: fields[k] for k in GaussianRasterizationSettings._fields})
+    out = GaussianRasterizer(settings)(  # Inria's CUDA does not normalise quaternions: do it here
         means3D=g.means[b], means2D=torch.zeros_like(g.means[b]), opacities=opac[:, None],
-        scales=g.scales[b], rotations=g.quats[b], cov3D_precomp=None, **colour)
+        scales=g.scales[b], rotations=normalize_quat(g.quats[b]), cov3D_precomp=None, **colour)
     return out[0]  # forks differ in what follows the image; the image always comes first
 
 
