@@ -219,3 +219,14 @@ def test_lbs_gradcheck() -> None:
         return r.vertices, r.vertex_transforms
 
     assert torch.autograd.gradcheck(fn, (v, pose))
+
+
+def test_uv_template_and_masks_are_optional(tmp_path: Path) -> None:
+    paths = write_flame_fixture(tmp_path, uv_template=False, masks=False)
+    m = load_head_model(paths.model, n_shape=4, n_expr=3)
+    out = m(torch.zeros(1, 4), torch.zeros(1, 3))
+    torch.testing.assert_close(out.vertices[0], m.v_template)
+    with pytest.raises(ValueError, match="no UV layout; pass uv_template="):
+        _ = m.uv_coords
+    with pytest.raises(KeyError, match="no vertex region 'face'.*FLAME_masks.pkl"):
+        _ = m.regions["face"]

@@ -58,7 +58,7 @@ class HeadModel(nn.Module):
         source: the file (or ``"builtin"``) the model came from.
     """
 
-    def __init__(self, data: dict[str, np.ndarray], uv_coords: np.ndarray, uv_faces: np.ndarray,
+    def __init__(self, data: dict[str, np.ndarray], uv_coords: np.ndarray | None, uv_faces: np.ndarray | None,
                  regions: dict[str, np.ndarray], n_shape: int, n_expr: int,
                  n_shape_total: int = FLAME_N_SHAPE_TOTAL, source: str = "") -> None:
         super().__init__()
@@ -74,15 +74,31 @@ class HeadModel(nn.Module):
         self.register_buffer("J_regressor", f32(data["J_regressor"]))
         self.register_buffer("lbs_weights", f32(data["weights"]))
         self.register_buffer("faces", torch.as_tensor(data["f"], dtype=torch.long))
-        self.register_buffer("uv_coords", f32(uv_coords))
-        self.register_buffer("uv_faces", torch.as_tensor(uv_faces, dtype=torch.long))
+        self.register_buffer("_uv_coords", None if uv_coords is None else f32(uv_coords))
+        self.register_buffer("_uv_faces", None if uv_faces is None else torch.as_tensor(uv_faces, dtype=torch.long))
         parents = [int(p) for p in data["kintree_table"][0]]
         parents[0] = -1
         if any(p >= j for j, p in enumerate(parents[1:], 1)):
             raise ValueError(f"{source}: kintree_table must list parents before children, got {parents}")
         self.parents = parents
-        self.regions = {k: torch.as_tensor(v, dtype=torch.long) for k, v in regions.items()}
+        self.regions = Regions({k: torch.as_tensor(v, dtype=torch.long) for k, v in regions.items()})
+        self.regions.source = source
         self.n_shape, self.n_expr, self.source = n_shape, n_expr, source
+
+    @property
+    def uv_coords(self) -> Tensor:
+        """``[Vt, 2]`` UV coordinates (raises when the model was loaded without a UV template)."""
+        if self._uv_coords is None:
+            raise ValueError(f"{self.source}: this head model has no UV layout; pass uv_template= "
+                             f"(FLAME's head_template_mesh.obj) to load_head_model")
+        return self._uv_coords
+
+    @property
+    def uv_faces(self) -> Tensor:
+        """``[F, 3]`` indices into :attr:`uv_coords`."""
+        if self._uv_faces is None:
+            return self.uv_coords  # raises the message above
+        return self._uv_faces
 
     @property
     def num_vertices(self) -> int:
@@ -148,13 +164,23 @@ class HeadModel(nn.Module):
                              f"got {list(x.shape)}")
 
 
-def derive_regions(masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+class Regions(dict):
+    """name -> vertex indices; a missing name raises a KeyError that says where regions come from."""
+
+    source = ""
+
+    def __missing__(self, key: str):
+        raise KeyError(f"{self.source}: no vertex region {key!r}; regions come from FLAME_masks.pkl (masks=) "
+                       f"and have {sorted(self)}")
+
+
+def derive_regions(masks: dict[str, np.ndarray], path: str | os.PathLike = "") -> dict[str, np.ndarray]:
     """The named regions every consumer relies on, derived from FLAME_masks keys."""
     regions = dict(masks)
     need = {"face", "scalp", "neck", "left_eyeball", "right_eyeball", "lips"}
     missing = need - set(masks)
     if missing:
-        raise KeyError(f"masks file lacks region(s) {sorted(missing)}; FLAME_masks.pkl has {sorted(need)}")
+        raise KeyError(f"{path}: masks file lacks region(s) {sorted(missing)}; FLAME_masks.pkl has {sorted(need)}")
     regions["hair"] = masks["scalp"]
     regions["eyes"] = np.union1d(masks["left_eyeball"], masks["right_eyeball"])
     mouth = [masks["lips"]] + [masks[k] for k in ("mouth_interior", "teeth") if k in masks]
@@ -173,8 +199,10 @@ def load_head_model(path: str | os.PathLike = "builtin", n_shape: int = 20, n_ex
         n_shape: identity coefficients ``forward`` takes (≤ 300).
         n_expr: expression coefficients ``forward`` takes (≤ 100).
         teeth: append the 120 teeth vertices of GaussianAvatars/VHAP (V = 5023 + 120 for FLAME).
-        uv_template: ``head_template_mesh.obj``; default: that name beside ``path``.
-        masks: ``FLAME_masks.pkl``; default: that name beside ``path``.
+        uv_template: ``head_template_mesh.obj``; default: that name beside ``path`` if it exists
+            (without one, ``uv_coords`` raises a clear error when used).
+        masks: ``FLAME_masks.pkl``; default: that name beside ``path`` if it exists (without one,
+            ``regions`` holds only what teeth add).
         seed: built-in head only: the generator's seed.
         cache_dir: built-in head only: where its files are cached (default ``~/.cache/avatar_lightning``).
 
@@ -187,17 +215,23 @@ def load_head_model(path: str | os.PathLike = "builtin", n_shape: int = 20, n_ex
         files = builtin_head_files(seed=seed, cache_dir=cache_dir)
         path, uv_template, masks = files.model, files.uv_template, files.masks
     path = Path(path)
-    uv_path = Path(uv_template) if uv_template is not None else path.parent / "head_template_mesh.obj"
-    mask_path = Path(masks) if masks is not None else path.parent / "FLAME_masks.pkl"
     data = read_flame_model(path)
-    obj = read_obj_uv(uv_path)
-    if obj.faces.shape != data["f"].shape or not np.array_equal(obj.faces, data["f"]):
-        raise ValueError(f"{uv_path}: its faces differ from 'f' of {path}; the UV template must match the model")
-    region_masks = read_masks(mask_path, data["v_template"].shape[0])
-    uv_coords, uv_faces = obj.uv_coords, obj.uv_faces
+    uv_path = Path(uv_template) if uv_template is not None else path.parent / "head_template_mesh.obj"
+    uv_coords = uv_faces = None
+    if uv_template is not None or uv_path.is_file():  # beside the model it is optional, named it is required
+        obj = read_obj_uv(uv_path)
+        if obj.faces.shape != data["f"].shape or not np.array_equal(obj.faces, data["f"]):
+            raise ValueError(f"{uv_path}: its faces differ from 'f' of {path}; the UV template must match the model")
+        uv_coords, uv_faces = obj.uv_coords, obj.uv_faces
+    mask_path = Path(masks) if masks is not None else path.parent / "FLAME_masks.pkl"
+    region_masks: dict[str, np.ndarray] = {}
+    has_masks = masks is not None or mask_path.is_file()
+    if has_masks:
+        region_masks = read_masks(mask_path, data["v_template"].shape[0])
     if teeth:
         from avatar_lightning.head.teeth import add_teeth
 
         data, uv_coords, uv_faces, region_masks = add_teeth(data, uv_coords, uv_faces, region_masks, source=path)
-    return HeadModel(data, uv_coords, uv_faces, derive_regions(region_masks), n_shape, n_expr,
+    regions = derive_regions(region_masks, mask_path) if has_masks else region_masks
+    return HeadModel(data, uv_coords, uv_faces, regions, n_shape, n_expr,
                      source=str(path) if str(path) else "builtin")

@@ -90,12 +90,12 @@ def teeth_uv(faces: np.ndarray, start: int, uv_start: int, band: tuple[tuple[flo
     return uv_arr, uvf
 
 
-def add_teeth(data: dict[str, np.ndarray], uv_coords: np.ndarray, uv_faces: np.ndarray,
+def add_teeth(data: dict[str, np.ndarray], uv_coords: np.ndarray | None, uv_faces: np.ndarray | None,
               masks: dict[str, np.ndarray], source: str | os.PathLike):
     """Append the teeth to a densified FLAME dict, its UV layout and its masks.
 
     Returns:
-        (data, uv_coords, uv_faces, masks) with V + 120 vertices.
+        (data, uv_coords, uv_faces, masks) with V + 120 vertices (UVs stay ``None`` if given ``None``).
     """
     v = data["v_template"]
     V = v.shape[0]
@@ -105,8 +105,10 @@ def add_teeth(data: dict[str, np.ndarray], uv_coords: np.ndarray, uv_faces: np.n
     vt = teeth_vertices(v, upper, lower)
     n = vt.shape[0]
     faces = teeth_faces(vt, V)
-    band = FLAME_TEETH_UV if V == 5023 else BUILTIN_TEETH_UV
-    uv_t, uvf_t = teeth_uv(faces, V, uv_coords.shape[0], band)
+    if uv_coords is not None:
+        band = FLAME_TEETH_UV if V == 5023 else BUILTIN_TEETH_UV
+        uv_t, uvf_t = teeth_uv(faces, V, uv_coords.shape[0], band)
+        uv_coords, uv_faces = np.concatenate([uv_coords, uv_t]), np.concatenate([uv_faces, uvf_t])
     shapedirs = np.zeros((n, 3, data["shapedirs"].shape[2]))
     shapedirs[:, :, :300] = np.tile((data["shapedirs"][upper, :, :300] + data["shapedirs"][lower, :, :300]) / 2,
                                     (8, 1, 1))
@@ -122,4 +124,4 @@ def add_teeth(data: dict[str, np.ndarray], uv_coords: np.ndarray, uv_faces: np.n
     masks["teeth_upper"] = V + np.r_[0:15, 30:45, 60:90]
     masks["teeth_lower"] = V + np.r_[15:30, 45:60, 90:120]
     masks["teeth"] = V + np.arange(n)
-    return out, np.concatenate([uv_coords, uv_t]), np.concatenate([uv_faces, uvf_t]), masks
+    return out, uv_coords, uv_faces, masks
