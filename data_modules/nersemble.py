@@ -239,12 +239,15 @@ class NeRSembleDataModule(RealHeadDataModule):
         hp = self.hparams
         splits: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
         self.sequences: dict[Path, VHAPSequence] = {}
+        first_frame: dict[int, int] = {}  # per identity: where its next sequence's frames start
         for i, root in enumerate(hp.roots):
             identity = hp.identities[i] if hp.identities is not None else i
             seq = VHAPSequence(root, hp.n_shape, hp.n_expr)
             self.sequences[seq.root] = seq
-            for name, samples in self._sequence_samples(seq, identity).items():
+            offset = first_frame.get(identity, 0)
+            for name, samples in self._sequence_samples(seq, identity, offset).items():
                 splits[name].extend(samples)
+            first_frame[identity] = offset + max(seq.timesteps) + 1
         if not splits["train"]:
             raise ValueError(f"no training samples in {hp.roots}")
         splits["val"] = thin(splits["val"], hp.max_val_samples)
@@ -270,7 +273,7 @@ class NeRSembleDataModule(RealHeadDataModule):
         def texture_views(s: Sample) -> list[View]:
             if hp.texture_cameras is None:
                 return s.views
-            views = sequences[s.root].views[s.frame]
+            views = sequences[s.root].views[s.local_frame]
             missing = [c for c in hp.texture_cameras if c not in views]
             if missing:
                 raise ValueError(f"{s.root}: texture_cameras {missing} are not among cameras {sorted(views)}")
@@ -279,7 +282,7 @@ class NeRSembleDataModule(RealHeadDataModule):
         return build_uv_cache(samples, texture_views, hp.head_model, hp.uv_size, hp.n_shape, hp.n_expr, hp.teeth,
                               hp.downsample, bg, stored)
 
-    def _sequence_samples(self, seq: VHAPSequence, identity: int) -> dict[str, list[Sample]]:
+    def _sequence_samples(self, seq: VHAPSequence, identity: int, offset: int) -> dict[str, list[Sample]]:
         hp = self.hparams
         train_t, test_t = split_timesteps(seq.timesteps, hp.train_ratio)
         train_cams, val_cams = split_cameras(seq.cameras, hp.val_camera)
@@ -287,7 +290,8 @@ class NeRSembleDataModule(RealHeadDataModule):
         shots = [train_t[i] for i in select_few_shot(expr, hp.few_shot, str(seq.root)).tolist()]
 
         def samples(timesteps: list[int], cameras: list[int], per_sample: int) -> list[Sample]:
-            return [Sample(views=g, flame=seq.flame[t], identity=identity, frame=t, root=seq.root)
+            return [Sample(views=g, flame=seq.flame[t], identity=identity, frame=offset + t, root=seq.root,
+                           local_frame=t)
                     for t in timesteps for g in group_views(seq, t, cameras, per_sample)] if cameras else []
 
         return {"train": samples(shots, train_cams, hp.views_per_sample),

@@ -72,8 +72,13 @@ class Sample:
     views: list[View]
     flame: FlameParams
     identity: int
-    frame: int
+    frame: int  # unique within the identity (sequences of one subject are numbered one after another)
     root: Path | None = None  # the sequence folder (UV maps are cached inside it)
+    local_frame: int | None = None  # the frame's number within its sequence (file names); default ``frame``
+
+    def __post_init__(self) -> None:
+        if self.local_frame is None:
+            self.local_frame = self.frame
 
 
 def read_json(path: Path, what: str) -> dict:

@@ -75,7 +75,7 @@ def build_uv_cache(samples: list[Sample], texture_views: Callable[[Sample], list
             raise ValueError(f"sample (identity {s.identity}, frame {s.frame}) has no root to cache UV maps in")
         views = texture_views(s)
         cache = caches.setdefault(s.root, UVCache(s.root, config))
-        key = f"{s.frame:06d}_" + "-".join(str(v.camera) for v in views)
+        key = f"{s.local_frame:06d}_" + "-".join(str(v.camera) for v in views)
         paths.append(cache.ensure(key, lambda s=s, views=views: sample_uv(head, raster, s, views, factor,
                                                                           background, stored_background)))
     computed = sum(c.misses for c in caches.values())

@@ -132,6 +132,8 @@ def test_sequences_of_one_subject_share_an_identity(export, head):
         [str(root), str(root)], identities=[3, 3], n_shape=head.n_shape, n_expr=head.n_expr, train_ratio=0.5)
     dm.setup("fit")
     assert {s.identity for s in dm.splits["train"]} == {3} and len(dm.splits["train"]) == 2 * 6
+    # the second sequence's timesteps follow the first's, so (identity, frame) stays unique
+    assert sorted({s.frame for s in dm.splits["train"]}) == [0, 1, 2, 6, 7, 8]
     assert dm.num_identities == 1
     with pytest.raises(ValueError, match="identities has 1 entries but roots has 2"):
         NeRSembleDataModule([str(root), str(root)], identities=[0])
