@@ -20,12 +20,18 @@ import scipy.sparse
 import torch
 
 from avatar_lightning.head.builtin_mesh import Topology, assemble_vertices, build_topology, slit_theta_for
-from avatar_lightning.head.builtin_rig import expression_basis, joint_regressor, skinning_weights, vertex_regions
+from avatar_lightning.head.builtin_rig import (
+    expression_basis,
+    joint_regressor,
+    pose_correctives,
+    skinning_weights,
+    vertex_regions,
+)
 from avatar_lightning.head.builtin_sdf import BASE_PARAMS, head_sdf
 from avatar_lightning.io import atomic_path, config_hash
 
 #: Version of the generator; bump it to invalidate caches when the geometry changes.
-GENERATOR_VERSION = 8
+GENERATOR_VERSION = 9
 N_SHAPE_SLOTS, N_EXPR_SLOTS = 300, 100
 
 #: Identity components: name -> parameter changes for one standard deviation.
@@ -171,7 +177,7 @@ def generate_builtin_head(seed: int = 0, rows: int = 56, cols: int = 88
     shapedirs[:, :, N_SHAPE_SLOTS : N_SHAPE_SLOTS + expr.shape[2]] = expr
     weights = skinning_weights(v, topo, q)
     model = {
-        "v_template": v, "shapedirs": shapedirs, "posedirs": np.zeros((v.shape[0], 3, 36)),
+        "v_template": v, "shapedirs": shapedirs, "posedirs": pose_correctives(v, topo, q, weights),
         "J_regressor": scipy.sparse.csc_matrix(joint_regressor(v, topo, q)), "weights": weights,
         "kintree_table": np.array([[4294967295, 0, 1, 1, 1], [0, 1, 2, 3, 4]], dtype=np.int64),
         "f": topo.faces.astype(np.uint32),

@@ -10,13 +10,13 @@ azimuth wraps round the disc); cavity and eyeballs get small discs in three corn
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from avatar_lightning.head.builtin_sdf import cast_rays, head_sdf  # noqa: F401  (re-exported for tests)
+from avatar_lightning.head.builtin_sdf import cast_rays
 
 RAY_ORIGIN = (0.0, 0.0, -0.005)
 CAVITY_DEPTH = (0.005, 0.013, 0.022, 0.031)
@@ -42,7 +42,6 @@ class Topology:
     faces: np.ndarray  # [F, 3]
     uv_coords: np.ndarray  # [Vt, 2]
     uv_faces: np.ndarray  # [F, 3]
-    parts: dict[str, np.ndarray] = field(default_factory=dict)  # face index ranges per mesh part
 
 
 def grid_index(rows: int, cols: int, i: int | np.ndarray, c: int | np.ndarray) -> np.ndarray:
@@ -109,9 +108,8 @@ def build_topology(rows: int = 56, cols: int = 88, slit_theta: float = 2.05, mou
     eyes = [_sphere_faces(eye_l), _sphere_faces(eye_l + eye_n)]
     faces = np.concatenate([skin, cav, *eyes])
     uv, uv_faces = _uv_layout(rows, cols, t, s, skin, dup_of, cav, rings, back, eyes, n_grid)
-    parts = {"skin": np.arange(len(skin)), "cavity": len(skin) + np.arange(len(cav))}
     return Topology(rows, cols, torch.as_tensor(dirs), slit_row, (ca, cb), lip_dups, loop, cav_start,
-                    (eye_l, eye_l + eye_n), eye_l + 2 * eye_n, faces.astype(np.int64), uv, uv_faces, parts)
+                    (eye_l, eye_l + eye_n), eye_l + 2 * eye_n, faces.astype(np.int64), uv, uv_faces)
 
 
 def _row_of(faces: np.ndarray, cols: int, row: int) -> np.ndarray:

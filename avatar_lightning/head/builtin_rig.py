@@ -196,3 +196,23 @@ def expression_basis(v: np.ndarray, topo: Topology, q: dict[str, float]) -> tupl
     }
     basis = np.stack([fn() * movable[:, None] for fn in shapes.values()], -1)
     return list(shapes), basis
+
+
+def pose_correctives(v: np.ndarray, topo: Topology, q: dict[str, float], weights: np.ndarray) -> np.ndarray:
+    """FLAME-layout pose-corrective basis ``[V, 3, 36]`` (9 entries of R − I per non-root joint).
+
+    Only the jaw has one: opening it (the sin θ entry R[2, 1] of the jaw's rotation about x)
+    draws the mouth corners in and lets the cheeks sag, which plain LBS cannot do.
+    """
+    lm = _landmarks(v, topo, q)
+    out = np.zeros((v.shape[0], 3, 36))
+    jaw_entry = 9 * 1 + 3 * 2 + 1  # joint 2 is the first block after the neck; entry (row 2, col 1)
+    movable = weights[:, 2]  # only where the jaw already acts, so the jaw moves nothing else
+    field = np.zeros_like(v)
+    for corner, side in ((lm["corner_l"], 1), (lm["corner_r"], -1)):
+        field += _rbf(v, corner, 0.012)[:, None] * np.array([-side * 0.012, -0.004, 0.0])
+    cheek = np.array([0.045, q["mouth_y"], 0.05])
+    for side in (1, -1):
+        field += _rbf(v, cheek * [side, 1, 1], 0.018)[:, None] * np.array([0.0, -0.006, 0.0])
+    out[:, :, jaw_entry] = field * movable[:, None]
+    return out
