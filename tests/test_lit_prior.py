@@ -130,6 +130,12 @@ def test_prior_log_images(head, prior) -> None:
     assert all(v.min() >= 0 and v.max() <= 1 for v in images.values())
 
 
+def test_prior_turntable(head, prior) -> None:
+    frames = prior.turntable(tiny_batch(head), frames=4)
+    assert frames.shape == (4, 3, 24, 24) and frames.min() >= 0 and frames.max() <= 1
+    assert not torch.allclose(frames[0], frames[2])  # front and back views differ
+
+
 def test_prior_ablations_change_the_gaussian_layout(head) -> None:
     parts = _prior()
     assert parts.assembler.parts == ("face", "hair")

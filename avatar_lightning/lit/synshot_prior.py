@@ -23,12 +23,12 @@ from torch import Tensor
 from avatar_lightning.batch import validate_batch
 from avatar_lightning.head.model import load_head_model
 from avatar_lightning.lit.assemble import Assembled, GaussianAssembler
-from avatar_lightning.lit.render_step import render_batch
+from avatar_lightning.lit.render_step import pose_gaussians, render_batch
 from avatar_lightning.losses import GaussianRegularizer, PhotometricLoss, geometry_l1
 from avatar_lightning.metrics import CodebookUsage, image_metrics
 from avatar_lightning.models.quantizer import VectorQuantizer
 from avatar_lightning.models.synshot import PriorOutput, SynShotNet
-from avatar_lightning.render import RenderOutput
+from avatar_lightning.render import RenderOutput, orbit_cameras
 from avatar_lightning.viz import error_map
 
 log = logging.getLogger(__name__)
@@ -199,3 +199,32 @@ class SynShotPrior(LightningModule):
         tiles = [batch["uv_texture"][0], maps.tex[0].clamp(0, 1), show(batch["uv_position"][0]),
                  show(maps.verts[0]), show(batch["uv_expression"][0]), show(maps.expr[0])]
         return {"views": views, "maps": torch.stack(tiles)}
+
+    @torch.no_grad()
+    def turntable(self, batch: Mapping[str, Tensor], frames: int = 24, elevation_deg: float = 10.0) -> Tensor:
+        """A 360° orbit around the first sample of ``batch`` at its expression and pose.
+
+        The orbit is centred on the posed Gaussians' centroid at the distance of the sample's first
+        camera, with that camera's intrinsics; rendering goes through :func:`render_batch`.
+
+        Returns:
+            [frames, 3, H, W] in [0, 1].
+        """
+        one = {k: v[:1] for k, v in batch.items()}
+        out = self.net(one["uv_texture"], one["uv_position"], one["uv_expression"])
+        assembled = self.assembler(self.net, out.maps)
+        centre = render_batch_centre(one, assembled, self.head)
+        eye = torch.linalg.inv(one["world_to_cam"][0, 0])[:3, 3]
+        cams = orbit_cameras(frames, float((eye - centre).norm()), elevation_deg, target=centre.cpu())
+        h, w = one["image"].shape[-2:]
+        orbit = dict(one, K=one["K"][:, :1].expand(1, frames, 3, 3), world_to_cam=cams[None].to(centre),
+                     image=one["image"].new_zeros(1, frames, 3, h, w))
+        return render_batch(orbit, assembled.gaussians, assembled.binding, self.head,
+                            self.hparams.render_backend).rgb[0].clamp(0, 1)
+
+
+def render_batch_centre(batch: Mapping[str, Tensor], assembled: Assembled, head: torch.nn.Module) -> Tensor:
+    """Centroid [3] of the first sample's Gaussians posed for the batch (world space)."""
+    mesh = head(batch["shape"], batch["expr"], batch["pose"], batch["translation"])
+    posed = pose_gaussians(assembled.gaussians, mesh.vertex_transforms, head.faces, assembled.binding)
+    return posed.means[0].mean(dim=0)
