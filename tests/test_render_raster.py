@@ -158,17 +158,19 @@ def test_batched_gaussians_share_unbatched_cameras():
 
 
 def test_gradcheck_tiny_scene():
+    """float64 gradcheck w.r.t. every Gaussian field, the background and the cameras."""
     g = make_scene(4, seed=11, sh_k=4, spread=0.2, opacity=(0.3, 0.8))
     cams = make_cameras(width=9, height=7)[:2]
-    cams = Cameras(K=cams.K * torch.tensor([0.25, 0.25, 1.0], dtype=torch.float64)[:, None],
-                   world_to_cam=cams.world_to_cam, width=9, height=7)
+    K = cams.K * torch.tensor([0.25, 0.25, 1.0], dtype=torch.float64)[:, None]
 
     def fn(*xs):
-        out = rasterize(Gaussians(*xs[:5]), cams, background=xs[5], backend="torch")
+        c = Cameras(K=xs[6], world_to_cam=xs[7], width=9, height=7)
+        out = rasterize(Gaussians(*xs[:5]), c, background=xs[5], backend="torch")
         return out.rgb, out.alpha, out.depth
 
-    bg = torch.tensor([0.3, 0.1, 0.6], dtype=torch.float64, requires_grad=True)
-    inputs = (*(getattr(leaves(g), f) for f in FIELDS), bg)
+    bg = torch.tensor([0.3, 0.1, 0.6], dtype=torch.float64)
+    inputs = (*(getattr(leaves(g), f) for f in FIELDS),
+              *(t.clone().requires_grad_(True) for t in (bg, K, cams.world_to_cam)))
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True)
 
 
