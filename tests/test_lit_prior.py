@@ -149,3 +149,13 @@ def test_prior_ablations_change_the_gaussian_layout(head) -> None:
     grid = texel.assembler.grid("all")
     assert grid.uv.shape[:2] == (16, 16) and 0 < grid.num_gaussians < 256
     torch.testing.assert_close(grid.uv, texel_grid(16))
+
+
+def test_prior_step_under_bf16_autocast(head, prior) -> None:
+    batch = tiny_batch(head)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, assembled, render = prior(batch)
+        terms = prior.losses(batch, out, assembled, render)
+    assert out.maps.feat.dtype == torch.bfloat16  # the network did run in bf16
+    assert render.rgb.dtype == torch.float32 and torch.isfinite(terms["loss"])
+    terms["loss"].backward()

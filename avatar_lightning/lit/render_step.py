@@ -77,6 +77,11 @@ def render_batch(batch: Mapping[str, Tensor], canonical: Gaussians, binding: Mes
     Returns:
         :class:`RenderOutput` with rgb [B, V, 3, H, W], alpha and depth [B, V, 1, H, W].
     """
-    posed_mesh = head(batch["shape"], batch["expr"], batch["pose"], batch["translation"])
-    posed = pose_gaussians(canonical, posed_mesh.vertex_transforms, head.faces, binding)
-    return rasterize(posed, batch_cameras(batch), background=batch["background"], backend=backend)
+    # Posing and splatting run in float32 even under bf16/fp16 autocast: positions, covariances and
+    # the linear algebra of posing lose too much in half precision (and some ops lack half kernels).
+    with torch.autocast(device_type=canonical.means.device.type, enabled=False):
+        canonical = canonical.map(lambda t: t.float())
+        posed_mesh = head(batch["shape"].float(), batch["expr"].float(), batch["pose"].float(),
+                          batch["translation"].float())
+        posed = pose_gaussians(canonical, posed_mesh.vertex_transforms, head.faces, binding)
+        return rasterize(posed, batch_cameras(batch), background=batch["background"], backend=backend)
