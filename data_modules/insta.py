@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from avatar_lightning.head.model import load_head_model
@@ -214,7 +215,7 @@ class INSTADataModule(RealHeadDataModule):
         bg = torch.tensor(hp.background, dtype=torch.float32)
         self.datasets = {k: RealHeadDataset(v, hp.downsample, bg, None, self._uv(v, bg))
                          for k, v in splits.items() if v}
-        log.info(summary_line("INSTA", splits, self.image_size, "FLAME from " + "; ".join(sorted(set(sources)))))
+        rank_zero_info(summary_line("INSTA", splits, self.image_size, "FLAME from " + "; ".join(sorted(set(sources)))))
 
     def prepare_data(self) -> None:
         """Fill the UV cache once (rank 0) before ``setup`` reads it on every rank."""

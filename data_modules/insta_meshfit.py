@@ -11,17 +11,15 @@ The result is cached beside the data (:class:`~data_modules.uv_cache.UVCache`).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from data_modules.uv_cache import UVCache
-
-log = logging.getLogger(__name__)
 
 
 def read_obj_vertices(path: Path) -> Tensor:
@@ -149,7 +147,7 @@ def cached_mesh_fit(root: Path, head, head_model: str, mesh_paths: list[Path], e
     def compute() -> dict[str, Tensor]:
         meshes = torch.stack([read_obj_vertices(p) for p in mesh_paths])
         result = fit_meshes(head, meshes, expr)
-        log.info("INSTA %s: fitted shape + jaw/eyes to %d meshes, RMSE %.2e m", root, len(mesh_paths), result.rmse)
+        rank_zero_info(f"INSTA {root}: fitted shape + jaw/eyes to {len(mesh_paths)} meshes, RMSE {result.rmse:.2e} m")
         return {"shape": result.shape, "pose": result.pose, "rmse": torch.tensor(result.rmse)}
 
     maps = cache.get("flame_fit", compute)

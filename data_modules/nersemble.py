@@ -14,13 +14,13 @@ camera except the frontal camera 8 (validation, novel view); the later timesteps
 
 from __future__ import annotations
 
-import logging
 import math
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from avatar_lightning.render import opengl_to_opencv
@@ -40,8 +40,6 @@ from data_modules.real_common import (
     thin,
 )
 from data_modules.real_uv import build_uv_cache
-
-log = logging.getLogger(__name__)
 
 FRAME_KEYS = ("timestep_index", "camera_index", "transform_matrix", "file_path", "fl_x", "fl_y", "cx", "cy")
 NPZ_KEYS = ("translation", "rotation", "neck_pose", "jaw_pose", "eyes_pose", "shape", "expr")
@@ -256,7 +254,7 @@ class NeRSembleDataModule(RealHeadDataModule):
         bg, white = torch.tensor(hp.background, dtype=torch.float32), torch.ones(3)
         self.datasets = {k: RealHeadDataset(v, hp.downsample, bg, white, self._uv(v, bg, white))
                          for k, v in splits.items() if v}
-        log.info(summary_line("NeRSemble (VHAP)", splits, self.image_size))
+        rank_zero_info(summary_line("NeRSemble (VHAP)", splits, self.image_size))
 
     def prepare_data(self) -> None:
         """Fill the UV cache once (rank 0) before ``setup`` reads it on every rank."""

@@ -9,11 +9,11 @@ the dataset.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from avatar_lightning.head.model import load_head_model
@@ -21,8 +21,6 @@ from avatar_lightning.head.texture import uv_inputs
 from avatar_lightning.head.uv import uv_rasterize
 from data_modules.real_common import Sample, View, load_view_pixels
 from data_modules.uv_cache import UVCache
-
-log = logging.getLogger(__name__)
 
 #: Bump when the way maps are computed changes, so old caches are not reused.
 UV_FORMAT = 1
@@ -79,6 +77,6 @@ def build_uv_cache(samples: list[Sample], texture_views: Callable[[Sample], list
         paths.append(cache.ensure(key, lambda s=s, views=views: sample_uv(head, raster, s, views, factor,
                                                                           background, stored_background)))
     computed = sum(c.misses for c in caches.values())
-    log.info("UV inputs %dx%d: %d computed, %d from cache (%s)", uv_size, uv_size, computed,
-             len(samples) - computed, ", ".join(str(c.dir) for c in caches.values()))
+    rank_zero_info(f"UV inputs {uv_size}x{uv_size}: {computed} computed, {len(samples) - computed} from cache "
+                   f"({', '.join(str(c.dir) for c in caches.values())})")
     return paths

@@ -14,6 +14,8 @@ from data_modules import INSTADataModule
 from data_modules.few_shot import farthest_point_sampling
 from tests.real_fixtures import build_insta_fixture, fixture_flame_path, fixture_head, fraction_inside
 
+RANK_ZERO = "lightning.pytorch.utilities.rank_zero"  # the logger rank_zero_info writes to
+
 N_FRAMES, N_TEST, N_VAL = 12, 4, 2
 
 
@@ -124,7 +126,7 @@ def test_rgba_is_composited_on_background(actor, head):
 
 def test_without_tracker_expressions_come_from_txt(actor, head, caplog):
     root, truth = actor
-    with caplog.at_level(logging.INFO, logger="data_modules.insta"):
+    with caplog.at_level(logging.INFO, logger=RANK_ZERO):
         dm = make(root, head, tracker=False)
     assert "INSTA: 1 identities; train: 8 samples" in caplog.text and "exp txt" in caplog.text
     for s in dm.splits["train"]:

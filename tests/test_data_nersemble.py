@@ -17,6 +17,8 @@ from data_modules import NeRSembleDataModule
 from data_modules.few_shot import farthest_point_sampling
 from tests.real_fixtures import build_vhap_fixture, fixture_head, fraction_inside
 
+RANK_ZERO = "lightning.pytorch.utilities.rank_zero"  # the logger rank_zero_info writes to
+
 T, CAMERAS = 6, (2, 8, 14)  # camera 8 is NeRSemble's frontal camera
 
 
@@ -141,7 +143,7 @@ def test_sequences_of_one_subject_share_an_identity(export, head):
 
 def test_summary_is_logged(export, head, caplog):
     root, _ = export
-    with caplog.at_level(logging.INFO, logger="data_modules.nersemble"):
+    with caplog.at_level(logging.INFO, logger=RANK_ZERO):
         make(root, head)
     assert "NeRSemble (VHAP): 1 identities; train: 6 samples (3 frames, 2 cameras)" in caplog.text
 

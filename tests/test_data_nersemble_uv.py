@@ -14,6 +14,8 @@ from data_modules import INSTADataModule, NeRSembleDataModule
 from data_modules.uv_cache import CACHE_DIR, UVCache
 from tests.real_fixtures import build_insta_fixture, build_vhap_fixture, fixture_flame_path, fixture_head
 
+RANK_ZERO = "lightning.pytorch.utilities.rank_zero"  # the logger rank_zero_info writes to
+
 
 def test_cache_computes_once_per_config(tmp_path):
     calls = []
@@ -71,7 +73,7 @@ def assert_texture_is_the_head(batch: dict) -> None:
 
 
 def test_nersemble_uv_inputs_are_cached_and_right(export, caplog):
-    with caplog.at_level(logging.INFO, logger="data_modules.real_uv"):
+    with caplog.at_level(logging.INFO, logger=RANK_ZERO):
         dm = nersemble(export, texture_cameras=[8])
     assert "UV inputs 32x32: 2 computed" in caplog.text  # 2 training timesteps x camera 8
     batch = next(iter(dm.train_dataloader()))
@@ -83,7 +85,7 @@ def test_nersemble_uv_inputs_are_cached_and_right(export, caplog):
     neutral = head.canonical(batch["shape"][:1], torch.zeros_like(batch["expr"][:1]))[0]
     torch.testing.assert_close(batch["uv_position"][0], position_map(raster, neutral, head.faces))
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="data_modules.real_uv"):
+    with caplog.at_level(logging.INFO, logger=RANK_ZERO):
         nersemble(export, texture_cameras=[8])
     assert "UV inputs 32x32: 0 computed" in caplog.text
     with pytest.raises(ValueError, match=r"texture_cameras \[5\] are not among cameras \[2, 8, 14\]"):
