@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from einops import rearrange
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
@@ -62,7 +63,8 @@ def rigid_vertices(head, tol: float = 1e-4) -> Tensor:
         BoolTensor  # [V]
     """
     moved = head.lbs_weights[:, 2:].sum(1) > tol  # joints 2.. = jaw, left eye, right eye
-    corrective = head.posedirs[9:].abs().reshape(-1, head.num_vertices, 3).amax((0, 2)) > tol  # their (R - I) rows
+    # posedirs rows 9.. multiply the (R - I) entries of joints 2.. (rows 0..8 are the neck's)
+    corrective = rearrange(head.posedirs[9:].abs(), "p (v c) -> p v c", c=3).amax((0, 2)) > tol
     return ~(moved | corrective)
 
 
@@ -80,7 +82,7 @@ def fit_shape(head, meshes: Tensor, expr: Tensor) -> Tensor:
     if int(keep.sum()) * 3 < head.n_shape:
         raise ValueError(f"head model {head.source}: too few vertices free of jaw/eye motion to fit its identity")
     residual = (meshes - head.v_template - torch.einsum("vce,me->mvc", head.exprdirs, expr))[:, keep]
-    basis = head.shapedirs[keep].reshape(-1, head.n_shape).repeat(meshes.shape[0], 1)  # [M·K·3, S]
+    basis = rearrange(head.shapedirs[keep], "k c s -> (k c) s").repeat(meshes.shape[0], 1)  # [M·K·3, S]
     return torch.linalg.lstsq(basis.double(), residual.reshape(-1, 1).double()).solution[:, 0].float()
 
 

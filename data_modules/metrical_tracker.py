@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from scipy.spatial.transform import Rotation
 from torch import Tensor
 
@@ -53,7 +54,7 @@ def matrix_to_rotation_6d(matrix: Tensor) -> Tensor:
     Returns:
         Tensor  # [..., 6]
     """
-    return matrix[..., :2, :].reshape(*matrix.shape[:-2], 6)
+    return rearrange(matrix[..., :2, :], "... r c -> ... (r c)")
 
 
 def matrix_to_axis_angle(matrix: Tensor) -> Tensor:
