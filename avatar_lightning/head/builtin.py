@@ -31,7 +31,7 @@ from avatar_lightning.head.builtin_sdf import BASE_PARAMS, head_sdf
 from avatar_lightning.io import atomic_path, config_hash
 
 #: Version of the generator; bump it to invalidate caches when the geometry changes.
-GENERATOR_VERSION = 9
+GENERATOR_VERSION = 10
 N_SHAPE_SLOTS, N_EXPR_SLOTS = 300, 100
 
 #: Identity components: name -> parameter changes for one standard deviation.
@@ -172,12 +172,13 @@ def generate_builtin_head(seed: int = 0, rows: int = 56, cols: int = 88
     v = verts.numpy()
     shape = _lowdin(_identity_tangents(topo, q, verts))
     _, expr = expression_basis(v, topo, q)
-    shapedirs = np.zeros((v.shape[0], 3, N_SHAPE_SLOTS + N_EXPR_SLOTS))
+    # float32 halves the cached file (the model's buffers are float32 anyway)
+    shapedirs = np.zeros((v.shape[0], 3, N_SHAPE_SLOTS + N_EXPR_SLOTS), dtype=np.float32)
     shapedirs[:, :, : shape.shape[2]] = shape
     shapedirs[:, :, N_SHAPE_SLOTS : N_SHAPE_SLOTS + expr.shape[2]] = expr
     weights = skinning_weights(v, topo, q)
     model = {
-        "v_template": v, "shapedirs": shapedirs, "posedirs": pose_correctives(v, topo, q, weights),
+        "v_template": v, "shapedirs": shapedirs, "posedirs": pose_correctives(v, topo, q, weights).astype(np.float32),
         "J_regressor": scipy.sparse.csc_matrix(joint_regressor(v, topo, q)), "weights": weights,
         "kintree_table": np.array([[4294967295, 0, 1, 1, 1], [0, 1, 2, 3, 4]], dtype=np.int64),
         "f": topo.faces.astype(np.uint32),
