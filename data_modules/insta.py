@@ -101,16 +101,18 @@ class INSTASequence:
         require_keys(meta, TOP_KEYS, str(self.root / "transforms.json"))
         if not meta["frames"]:
             raise ValueError(f"{self.root / 'transforms.json'} lists no frames")
-        frames = sorted(meta["frames"], key=lambda f: frame_number(Path(f.get("file_path", "")).stem))
+        for i, frame in enumerate(meta["frames"]):
+            require_keys(frame, FRAME_KEYS, f"{self.root / 'transforms.json'} frames[{i}] (as listed)")
+        # INSTA's transforms.py gathers frames with imap_unordered: order them by number
+        frames = sorted(meta["frames"], key=lambda f: frame_number(Path(f["file_path"]).stem))
         self.numbers: list[int] = []
         self.mesh_paths: list[Path | None] = []
         self.views: list[View] = []
         self.flame: list[FlameParams] = []
         K = intrinsics(meta["fl_x"], meta["fl_y"], meta["cx"], meta["cy"])
         size = (int(meta["h"]), int(meta["w"]))
-        for i, frame in enumerate(frames):
-            where = f"{self.root / 'transforms.json'} frames[{i}]"
-            require_keys(frame, FRAME_KEYS, where)
+        for frame in frames:
+            where = f"{self.root / 'transforms.json'} frame {frame['file_path']}"
             self.numbers.append(frame_number(Path(frame["file_path"]).stem))
             self.mesh_paths.append(self.root / frame["mesh_path"] if "mesh_path" in frame else None)
             self.views.append(View(image_path=data_path(self.root, frame["file_path"]), mask_path=None, K=K,
