@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -151,6 +152,12 @@ def test_clear_errors(actor, head, tmp_path):
     (no_ckpt / "tracker/checkpoint/00005.frame").unlink()
     with pytest.raises(ValueError, match=r"no checkpoint for image\(s\) \[5\].*mismatched frame counts"):
         make(no_ckpt, head)
+    keyless = copy_actor(root, tmp_path / "keyless")
+    meta = json.loads((keyless / "actor/transforms.json").read_text())
+    del meta["frames"][3]["exp_path"]
+    (keyless / "actor/transforms.json").write_text(json.dumps(meta))
+    with pytest.raises(KeyError, match=r"frames\[3\] \(as listed\) lacks field\(s\) \['exp_path'\]"):
+        make(keyless, head)
     with pytest.raises(ValueError, match="tracker_dirs has 2 entries"):
         INSTADataModule([str(root / "actor")], tracker_dirs=["a", "b"])
 
