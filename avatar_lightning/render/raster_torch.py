@@ -75,7 +75,6 @@ def _origins(bins: TileBins, tiles: Tensor, dtype: torch.dtype) -> Tensor:
 @dataclass
 class _Block:
     ids: Tensor  # [G,L] flat Gaussian ids (0 where padded)
-    valid: Tensor  # [G,L]
     mu: Tensor  # [G,L] tile-local mean x
     mv: Tensor  # [G,L] tile-local mean y
     conic: Tensor  # [G,L,3]
@@ -88,10 +87,10 @@ def _gather_block(bins: TileBins, data: Tensor, tiles: Tensor, counts: Tensor, s
     pos = s * seg + torch.arange(seg, device=tiles.device)
     valid = pos[None] < counts[:, None]
     idx = (bins.start[tiles][:, None] + pos[None]).clamp(max=max(bins.gauss.numel() - 1, 0))
-    ids = torch.where(valid, bins.gauss[idx], 0)
+    ids = torch.where(valid, bins.gauss[idx], 0).long()  # int64: index_put_ is faster with it
     d = data.index_select(0, ids.flatten()).view(*ids.shape, data.shape[-1])  # [G,L,10]
     origin = _origins(bins, tiles, data.dtype)
-    return _Block(ids=ids, valid=valid, mu=d[..., 0] - origin[:, None, 0], mv=d[..., 1] - origin[:, None, 1],
+    return _Block(ids=ids, mu=d[..., 0] - origin[:, None, 0], mv=d[..., 1] - origin[:, None, 1],
                   conic=d[..., 2:5], opac=torch.where(valid, d[..., 5], 0), col4=d[..., 6:10])
 
 
@@ -114,7 +113,8 @@ class _Alpha:
 def _composite_block(feat: Tensor, blk: _Block, trans: Tensor, done: Tensor) -> _Alpha:
     """α, transmittance and the 1e-4 stop for one block, given the carried per-pixel state."""
     alpha = torch.matmul(feat, _coefficients(blk)).exp_()  # o·exp(−σ)
-    alpha.masked_fill_(alpha < ALPHA_MIN, 0).clamp_(max=ALPHA_MAX)
+    # threshold_ keeps x > t: with t the float just below 1/255 it keeps exactly α >= 1/255
+    torch.nn.functional.threshold_(alpha, _below(ALPHA_MIN, alpha.dtype), 0.0).clamp_(max=ALPHA_MAX)
     g, p, n = alpha.shape
     # one cumprod over [T, 1−α_0, …, 1−α_{L−1}] yields both T before and T·(1−α) after each Gaussian
     prod = alpha.new_empty(g, p, n + 1)
@@ -128,6 +128,12 @@ def _composite_block(feat: Tensor, blk: _Block, trans: Tensor, done: Tensor) -> 
     last = after.gather(-1, (n_keep - 1).clamp_min(0))[..., 0]
     return _Alpha(alpha=alpha, before=before, trans=torch.where(n_keep[..., 0] > 0, last, trans),
                   done=stop[..., -1])
+
+
+def _below(x: float, dtype: torch.dtype) -> float:
+    """The largest ``dtype`` value smaller than ``x`` rounded to ``dtype``."""
+    t = torch.tensor(x, dtype=dtype)
+    return torch.nextafter(t, torch.zeros_like(t)).item()
 
 
 def _active(counts: Tensor, s: int, seg: int, done: Tensor) -> Tensor:
@@ -201,9 +207,9 @@ def _backward(bins: TileBins, groups: list[_Group], data: Tensor, saved: tuple[T
             g_k = torch.matmul(feat.T, g_s)  # [G,6,L]
             g_geo = _coefficient_grads(blk, g_k)
             g_col4 = torch.bmm(w.transpose(1, 2), g4[rows])  # [G,L,4]
-            upd = torch.cat([g_geo[..., :2], g_geo[..., 2:5], g_geo[..., 5:6], g_col4], -1)
-            upd = torch.where(blk.valid[..., None], upd, 0)
-            out.index_add_(0, blk.ids.flatten(), upd.flatten(0, 1))
+            # padded slots (id 0) have α = 0, so their update is exactly zero
+            upd = torch.cat([g_geo, g_col4], -1).flatten(0, 1)
+            out.index_put_((blk.ids.flatten(),), upd, accumulate=True)
             prefix[rows], trans[rows], done[rows] = pre[..., -1], res.trans, res.done
             rows = rows[_active(grp.counts[rows], s, grp.segment, res.done)]
             if rows.numel() == 0:
