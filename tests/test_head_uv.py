@@ -70,6 +70,12 @@ def test_uv_layout_has_no_overlaps_and_raster_covers_its_area(head: HeadModel, r
     assert (raster.face[raster.valid] >= 0).all() and (raster.face[~raster.valid] == -1).all()
 
 
+def test_head_caches_its_uv_raster(head: HeadModel) -> None:
+    r = head.uv_raster(32)
+    assert head.uv_raster(32) is r and head.uv_raster((32, 32)) is r
+    assert torch.equal(r.face, uv_rasterize(head.uv_coords, head.uv_faces, 32).face)
+
+
 def test_position_map_interpolates_vertices(head: HeadModel, raster: UVRaster) -> None:
     pos = position_map(raster, head.v_template, head.faces)
     i, j = torch.nonzero(raster.valid)[::997].T

@@ -91,6 +91,7 @@ def linear_blend_skinning(
     parents: list[int],
     weights: Tensor,
     posedirs: Tensor,
+    translation: Tensor | None = None,
 ) -> SkinningResult:
     """FLAME's LBS: pose correctives, joint regression, kinematic chain, weighted blend.
 
@@ -101,6 +102,7 @@ def linear_blend_skinning(
         parents: parent per joint (−1 for root).
         weights: Tensor  # [V, J] skinning weights (rows sum to 1).
         posedirs: Tensor  # [P, V*3] pose-corrective basis, P = 9·(J−1).
+        translation: Tensor  # [B, 3] global translation applied after skinning (None: zero).
 
     Returns:
         :class:`SkinningResult`.
@@ -112,9 +114,15 @@ def linear_blend_skinning(
     pose_offsets = (pose_feature @ posedirs).reshape(B, V, 3)
     joints = torch.einsum("jv,bvc->bjc", J_regressor, v_shaped)
     posed_joints, A = rigid_transforms(rot, joints, parents)
-    T = torch.einsum("vj,bjxy->bvxy", weights, A)  # [B, V, 4, 4]
+    if translation is not None:
+        # weights sum to one, so translating every joint transform translates every blend
+        shift = torch.zeros_like(A)
+        shift[:, :, :3, 3] = translation[:, None]
+        A = A + shift
+        posed_joints = posed_joints + translation[:, None]
+    T = (weights @ A.reshape(B, -1, 16)).reshape(B, V, 4, 4)  # Σ_j w_vj A_j
     v = v_shaped + pose_offsets
-    verts = (T[..., :3, :3] @ v[..., None])[..., 0] + T[..., :3, 3]
+    verts = apply_transforms(T, v)
     return SkinningResult(verts, posed_joints, A, T, pose_offsets)
 
 
@@ -128,7 +136,8 @@ def apply_transforms(transforms: Tensor, points: Tensor) -> Tensor:
     Returns:
         Tensor  # [..., 3]
     """
-    return (transforms[..., :3, :3] @ points[..., None])[..., 0] + transforms[..., :3, 3]
+    # broadcast-multiply-sum: many tiny 3×3 matmuls are far slower as a batched matmul on CPU
+    return (transforms[..., :3, :3] * points[..., None, :]).sum(-1) + transforms[..., :3, 3]
 
 
 def flatten_posedirs(posedirs: Tensor) -> Tensor:
