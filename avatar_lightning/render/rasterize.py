@@ -30,6 +30,7 @@ def _batch(gaussians: Gaussians, cameras: Cameras, background: Tensor | None) ->
     squeeze = not gaussians.batched
     g = gaussians.map(lambda t: t[None]) if squeeze else gaussians
     b = g.means.shape[0]
+    cameras = cameras.to(g.means)  # the Gaussians set dtype and device
     if not cameras.batched:
         cameras = replace(cameras, K=cameras.K.expand(b, *cameras.K.shape),
                           world_to_cam=cameras.world_to_cam.expand(b, *cameras.world_to_cam.shape))
