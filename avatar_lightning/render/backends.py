@@ -52,6 +52,9 @@ def rasterize_gsplat(gaussians: Gaussians, cameras: Cameras, background: Tensor,
                      sh_degree: int | None = None) -> RenderOutput:
     """gsplat 1.5.3 ``rasterization`` (classic, unpacked) on batched inputs → ``[B·C, ch, H, W]``."""
     _require_cuda("gsplat", gaussians.means)
+    if gaussians.means.dtype != torch.float32:
+        raise TypeError(f"rasterize(backend='gsplat') renders float32 only, got {gaussians.means.dtype}; "
+                        "use backend='torch' for other dtypes")
     try:
         from gsplat import rasterization
     except ImportError as err:

@@ -79,8 +79,9 @@ def rasterize_torch(gaussians: Gaussians, cameras: Cameras, background: Tensor,
 def resolve_backend(backend: str, gaussians: Gaussians) -> str:
     """The backend ``rasterize`` will use for these Gaussians ("auto" resolved).
 
-    "auto" is gsplat on CUDA when gsplat is installed and no opacity exceeds 0.99 (the only case
-    in which gsplat's α cap differs, see backends.py); otherwise torch. It never picks inria.
+    "auto" is gsplat on CUDA when gsplat is installed, the Gaussians are float32 and no opacity
+    exceeds 0.99 (the only case in which gsplat's α cap differs, see backends.py); otherwise torch.
+    It never picks inria.
     """
     if backend not in BACKENDS:
         raise ValueError(f"rasterize: backend must be one of {BACKENDS}, got {backend!r}")
@@ -90,7 +91,8 @@ def resolve_backend(backend: str, gaussians: Gaussians) -> str:
         return "torch"
     from .backends import gsplat_available, gsplat_semantics_match
 
-    return choose_auto("cuda", gsplat_available(), gsplat_semantics_match(gaussians))
+    same = gaussians.means.dtype == torch.float32 and gsplat_semantics_match(gaussians)  # gsplat is float32-only
+    return choose_auto("cuda", gsplat_available(), same)
 
 
 def choose_auto(device_type: str, gsplat_installed: bool, gsplat_same_result: bool) -> str:
