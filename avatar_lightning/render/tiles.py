@@ -1,4 +1,4 @@
-"""Tile binning for the torch rasteriser: which Gaussians can touch which 16×16 tile, front to back.
+"""Tile binning for the torch rasteriser: which Gaussians can touch which tile, front to back.
 
 A Gaussian counts for a pixel iff ``o·exp(−σ) ≥ 1/255`` (and σ ≥ 0), i.e. inside the ellipse
 ``dᵀ Σ⁻¹ d ≤ 2·log(255·o)``. That ellipse's bounding box has half-widths
@@ -42,7 +42,7 @@ class TileBins:
 
 @torch.no_grad()
 def bin_gaussians(means2d: Tensor, conics: Tensor, opacities: Tensor, depths: Tensor,
-                  width: int, height: int, tile_size: int = 16) -> TileBins:
+                  width: int, height: int, tile_size: int = 4) -> TileBins:
     """Assign Gaussians to the tiles their visible footprint overlaps.
 
     Args:
