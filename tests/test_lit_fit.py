@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from lightning.pytorch import Callback, LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset
 
+from avatar_lightning.cli import AvatarCLI
 from avatar_lightning.head.model import load_head_model
 from avatar_lightning.lit.synshot_prior import SynShotPrior
 
@@ -87,6 +89,21 @@ def test_two_step_fit_then_resume_continues_at_the_same_step(tmp_path: Path) -> 
     trainer2 = _trainer(tmp_path, 3, val_check_interval=2)
     trainer2.fit(resumed, datamodule=TinyData(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert trainer2.global_step == 3
+    loaded = SynShotPrior.load_from_checkpoint(tmp_path / "ckpt" / "last.ckpt", map_location="cpu")
+    assert loaded.net.config == model.net.config
+    torch.testing.assert_close(loaded.net.state_dict(), model.net.state_dict())
+
+
+def test_stacked_configs_merge_network_fields(tmp_path: Path) -> None:
+    base, ablation = tmp_path / "base.yaml", tmp_path / "f32.yaml"
+    base.write_text(yaml.safe_dump({"model": {
+        "class_path": "avatar_lightning.lit.synshot_prior.SynShotPrior",
+        "init_args": {"net": TINY_NET, "part_samples": {"face": 8, "hair": 6}}},
+        "data": {"class_path": "tests.test_lit_fit.TinyData"}}))
+    ablation.write_text(yaml.safe_dump({"model": {"init_args": {"net": {"feature_channels": 32}}}}))
+    cli = AvatarCLI(args=["-c", str(base), "-c", str(ablation), "--trainer.logger=false"], run=False)
+    config = cli.model.net.config
+    assert config.feature_channels == 32 and config.map_resolution == TINY_NET["map_resolution"]
 
 
 class _SameCodebooks(Callback):

@@ -27,7 +27,7 @@ from avatar_lightning.lit.render_step import pose_gaussians, render_batch
 from avatar_lightning.losses import GaussianRegularizer, PhotometricLoss, geometry_l1
 from avatar_lightning.metrics import CodebookUsage, image_metrics
 from avatar_lightning.models.quantizer import VectorQuantizer
-from avatar_lightning.models.synshot import PriorOutput, SynShotNet
+from avatar_lightning.models.synshot import PriorOutput, SynShotNet, SynShotNetConfig
 from avatar_lightning.render import RenderOutput, orbit_cameras
 from avatar_lightning.viz import error_map
 
@@ -38,8 +38,9 @@ class SynShotPrior(LightningModule):
     """The SynShot prior: VQ-VAE over UV maps + per-part Gaussian regressors, rendered end to end.
 
     Args:
-        net: keyword arguments of :class:`avatar_lightning.models.SynShotNet` (map resolution,
-            F, codebooks, Table 1 ablation switches, ...).
+        net: the network's hyper-parameters (:class:`avatar_lightning.models.SynShotNetConfig`:
+            map resolution, F, codebooks, Table 1 ablation switches, ...); a plain dict of its
+            fields is accepted too. YAML configs stacked with ``-c`` merge it field by field.
         head_model: ``"builtin"`` or the path of a FLAME pickle; must be the data's head model.
         n_shape: identity coefficients of the head model (the data's S).
         n_expr: expression coefficients of the head model (the data's E).
@@ -64,7 +65,7 @@ class SynShotPrior(LightningModule):
 
     def __init__(
         self,
-        net: dict[str, Any] | None = None,
+        net: SynShotNetConfig | None = None,
         head_model: str = "builtin",
         n_shape: int = 20,
         n_expr: int = 15,
@@ -87,7 +88,8 @@ class SynShotPrior(LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.net = SynShotNet(**(net or {}))
+        config = SynShotNetConfig(**net) if isinstance(net, Mapping) else net
+        self.net = SynShotNet(config)
         self.head = load_head_model(head_model, n_shape=n_shape, n_expr=n_expr)
         self.assembler = GaussianAssembler(self.head, self.net.parts, part_samples or {"face": 64, "hair": 48},
                                            self.net.map_resolution, no_sampling=self.net.no_sampling)

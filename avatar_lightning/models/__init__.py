@@ -7,6 +7,7 @@ from avatar_lightning.models.synshot import (
     PriorMaps,
     PriorOutput,
     SynShotNet,
+    SynShotNetConfig,
     sample_uv,
     texel_grid,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "PriorMaps",
     "PriorOutput",
     "SynShotNet",
+    "SynShotNetConfig",
     "VQOutput",
     "VectorQuantizer",
     "sample_uv",

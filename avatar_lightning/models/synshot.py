@@ -15,8 +15,8 @@ paper does, so the inversion (§3.3) can freeze and fine-tune them separately.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -108,10 +108,11 @@ def texel_grid(resolution: int, device: torch.device | None = None) -> Tensor:
     return torch.stack([u, v], dim=-1)
 
 
-class SynShotNet(nn.Module):
-    """SynShot's VQ-VAE prior with per-part regressors.
+@dataclass
+class SynShotNetConfig:
+    """Hyper-parameters of :class:`SynShotNet` (a dataclass, so stacked YAML configs merge field by field).
 
-    Args:
+    Attributes:
         map_resolution: H = W of the UV maps (paper: 512).
         latent_resolution: h = w of the latent grids; H / h must be a power of two.
         feature_channels: F of x̂_feat (paper: 128; Table 1 ablations: 32, 64).
@@ -142,63 +143,72 @@ class SynShotNet(nn.Module):
         use_vq: False is Table 1 "w/o VQ": latents pass unquantised.
     """
 
-    def __init__(
-        self,
-        map_resolution: int = 512,
-        latent_resolution: int = 32,
-        feature_channels: int = 128,
-        id_code_dim: int = 16,
-        expr_code_dim: int = 16,
-        id_codebook_size: int = 1024,
-        expr_codebook_size: int = 1024,
-        channels: int = 64,
-        max_channels: int = 256,
-        blocks_per_level: int = 1,
-        vq_beta: float = 0.25,
-        vq_update: Literal["loss", "ema"] = "ema",
-        vq_restart_dead_codes: bool = True,
-        transformer_depth: int = 2,
-        transformer_width: int = 128,
-        transformer_heads: int = 4,
-        regressor_hidden: int = 64,
-        regressor_blocks: int = 4,
-        regressor_kernel: int = 3,
-        sh_degree: int = 3,
-        rotation_dim: int = 4,
-        parts: tuple[str, ...] = ("face", "hair"),
-        single_layer: bool = False,
-        no_sampling: bool = False,
-        tex_upsampling: bool = False,
-        use_vq: bool = True,
-    ) -> None:
+    map_resolution: int = 512
+    latent_resolution: int = 32
+    feature_channels: int = 128
+    id_code_dim: int = 16
+    expr_code_dim: int = 16
+    id_codebook_size: int = 1024
+    expr_codebook_size: int = 1024
+    channels: int = 64
+    max_channels: int = 256
+    blocks_per_level: int = 1
+    vq_beta: float = 0.25
+    vq_update: Literal["loss", "ema"] = "ema"
+    vq_restart_dead_codes: bool = True
+    transformer_depth: int = 2
+    transformer_width: int = 128
+    transformer_heads: int = 4
+    regressor_hidden: int = 64
+    regressor_blocks: int = 4
+    regressor_kernel: int = 3
+    sh_degree: int = 3
+    rotation_dim: int = 4
+    parts: tuple[str, ...] = ("face", "hair")
+    single_layer: bool = False
+    no_sampling: bool = False
+    tex_upsampling: bool = False
+    use_vq: bool = True
+
+
+class SynShotNet(nn.Module):
+    """SynShot's VQ-VAE prior with per-part regressors.
+
+    Args:
+        config: the hyper-parameters (:class:`SynShotNetConfig`); defaults when None.
+        **overrides: individual :class:`SynShotNetConfig` fields, applied on top of ``config``.
+    """
+
+    def __init__(self, config: SynShotNetConfig | None = None, **overrides: Any) -> None:
         super().__init__()
-        self.map_resolution, self.no_sampling = map_resolution, no_sampling
-        self.feature_resolution = map_resolution // 2 if tex_upsampling else map_resolution
-        self.parts = ("all",) if single_layer or no_sampling else tuple(parts)
-        conv = {"channels": channels, "max_channels": max_channels, "blocks_per_level": blocks_per_level}
-        self.enc_id = IdentityEncoder(id_code_dim, map_resolution, latent_resolution, **conv)
-        self.enc_expr = ExpressionEncoder(expr_code_dim, map_resolution, latent_resolution, **conv)
-        self.quant_id = self._quantizer(use_vq, id_codebook_size, id_code_dim, vq_beta, vq_update,
-                                        vq_restart_dead_codes)
-        self.quant_expr = self._quantizer(use_vq, expr_codebook_size, expr_code_dim, vq_beta, vq_update,
-                                          vq_restart_dead_codes)
-        tf = {"latent_resolution": latent_resolution, "width": transformer_width, "depth": transformer_depth,
-              "heads": transformer_heads}
-        self.transformer_id = LatentTransformer(id_code_dim, **tf) if transformer_depth else nn.Identity()
-        self.transformer_expr = LatentTransformer(expr_code_dim, **tf) if transformer_depth else nn.Identity()
-        self.dec_feat = FeatureDecoder(id_code_dim, expr_code_dim, feature_channels, self.feature_resolution,
-                                       latent_resolution, **conv)
-        self.dec_id = IdentityDecoder(id_code_dim, map_resolution, latent_resolution, **conv)
-        self.dec_expr = ExpressionDecoder(expr_code_dim, map_resolution, latent_resolution, **conv)
-        reg = {"hidden": regressor_hidden, "num_blocks": regressor_blocks, "kernel_size": regressor_kernel,
-               "sh_degree": sh_degree, "rotation_dim": rotation_dim}
-        self.regressors = nn.ModuleDict({p: PartRegressors(feature_channels, **reg) for p in self.parts})
+        cfg = replace(config or SynShotNetConfig(), **overrides)
+        self.config = cfg
+        self.map_resolution, self.no_sampling = cfg.map_resolution, cfg.no_sampling
+        self.feature_resolution = cfg.map_resolution // 2 if cfg.tex_upsampling else cfg.map_resolution
+        self.parts = ("all",) if cfg.single_layer or cfg.no_sampling else tuple(cfg.parts)
+        conv = {"channels": cfg.channels, "max_channels": cfg.max_channels, "blocks_per_level": cfg.blocks_per_level}
+        self.enc_id = IdentityEncoder(cfg.id_code_dim, cfg.map_resolution, cfg.latent_resolution, **conv)
+        self.enc_expr = ExpressionEncoder(cfg.expr_code_dim, cfg.map_resolution, cfg.latent_resolution, **conv)
+        self.quant_id = self._quantizer(cfg, cfg.id_codebook_size, cfg.id_code_dim)
+        self.quant_expr = self._quantizer(cfg, cfg.expr_codebook_size, cfg.expr_code_dim)
+        tf = {"latent_resolution": cfg.latent_resolution, "width": cfg.transformer_width,
+              "depth": cfg.transformer_depth, "heads": cfg.transformer_heads}
+        self.transformer_id = LatentTransformer(cfg.id_code_dim, **tf) if cfg.transformer_depth else nn.Identity()
+        self.transformer_expr = LatentTransformer(cfg.expr_code_dim, **tf) if cfg.transformer_depth else nn.Identity()
+        self.dec_feat = FeatureDecoder(cfg.id_code_dim, cfg.expr_code_dim, cfg.feature_channels,
+                                       self.feature_resolution, cfg.latent_resolution, **conv)
+        self.dec_id = IdentityDecoder(cfg.id_code_dim, cfg.map_resolution, cfg.latent_resolution, **conv)
+        self.dec_expr = ExpressionDecoder(cfg.expr_code_dim, cfg.map_resolution, cfg.latent_resolution, **conv)
+        reg = {"hidden": cfg.regressor_hidden, "num_blocks": cfg.regressor_blocks,
+               "kernel_size": cfg.regressor_kernel, "sh_degree": cfg.sh_degree, "rotation_dim": cfg.rotation_dim}
+        self.regressors = nn.ModuleDict({p: PartRegressors(cfg.feature_channels, **reg) for p in self.parts})
 
     @staticmethod
-    def _quantizer(use_vq: bool, size: int, dim: int, beta: float, update: str, restart: bool) -> nn.Module:
-        if not use_vq:
+    def _quantizer(cfg: SynShotNetConfig, size: int, dim: int) -> nn.Module:
+        if not cfg.use_vq:
             return PassThroughQuantizer(dim)
-        return VectorQuantizer(size, dim, beta=beta, update=update, restart_dead_codes=restart)  # type: ignore[arg-type]
+        return VectorQuantizer(size, dim, beta=cfg.vq_beta, update=cfg.vq_update,
+                               restart_dead_codes=cfg.vq_restart_dead_codes)
 
     def encode_identity(self, x_tex: Tensor, x_verts: Tensor) -> BranchCode:
         """E_id, q, transformer: x_tex, x_verts [B, 3, H, W] → :class:`BranchCode`."""
