@@ -21,6 +21,7 @@ Gaussian's value to the loss and the suffix sum is the saved total minus the run
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import einops
@@ -130,6 +131,7 @@ def _composite_block(feat: Tensor, blk: _Block, trans: Tensor, done: Tensor) -> 
                   done=stop[..., -1])
 
 
+@functools.cache
 def _below(x: float, dtype: torch.dtype) -> float:
     """The largest ``dtype`` value smaller than ``x`` rounded to ``dtype``."""
     t = torch.tensor(x, dtype=dtype)
