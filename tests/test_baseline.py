@@ -137,7 +137,7 @@ def test_tiny_fit_lowers_the_loss_and_checkpoints_without_head(tmp_path: Path) -
     with torch.no_grad():
         sample["image"] = teacher.render({k: v[None] for k, v in sample.items()}).rgb[0]
     student = GaussianAvatarBaseline(regions=["nose"], render_backend="torch", lr_color=0.1)
-    loader = DataLoader(Repeat(sample, 1), batch_size=1)
+    loader = DataLoader(Repeat(sample, 3), batch_size=1)  # repeats: still 2 distinct input images
     batch = next(iter(loader))
     with torch.no_grad():
         before = float(student.photometric_loss(student.render(batch), batch))

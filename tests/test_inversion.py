@@ -152,7 +152,7 @@ def test_tiny_inversion_end_to_end(prior_path: Path, tmp_path: Path) -> None:
     model.configure_model()
     head = model.head
     data = LightningDataModule.from_datasets(
-        train_dataset=Samples([sample(head, v=2)]), batch_size=2,
+        train_dataset=Samples([sample(head, v=2)] * 3), batch_size=1,  # repeated: still 2 input images
         val_dataset=Samples([sample(head, v=2, seed=1), sample(head, v=2, frame=1, seed=2)]))
     stopper = EMAEarlyStopping(monitor="train/loss", warmup_steps=0, patience=1000, max_steps_per_frame=3)
     trainer = Trainer(max_steps=100, accelerator="cpu", logger=False, enable_progress_bar=False,
@@ -198,11 +198,11 @@ def test_crashed_export_leaves_no_half_file(prior_path: Path, tmp_path: Path, mo
 
     def flaky_render(batch):
         calls["n"] += 1
-        if calls["n"] == 3:  # dies in the middle of the turntable
+        if calls["n"] == 3:  # dies in the middle of the turntable (one frame per call here)
             raise RuntimeError("out of memory")
         return original(batch)
 
     monkeypatch.setattr(model, "render", flaky_render)
     with pytest.raises(RuntimeError, match="out of memory"):
-        model.export_avatar(tmp_path / "out", inputs, [inputs], turntable_frames=4)
+        model.export_avatar(tmp_path / "out", inputs, [inputs], turntable_frames=4, render_chunk=1)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["avatar.ply"]  # written before the crash

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from avatar_lightning.export import iter_rendered, side_by_side, write_metrics, write_video
+from avatar_lightning.export import side_by_side, write_metrics, write_video
 from avatar_lightning.head.model import HeadModel
 from avatar_lightning.io import atomic_path, save_image
 from avatar_lightning.lit.render_step import MeshBinding, pose_gaussians, render_batch
@@ -143,22 +143,38 @@ class AvatarEvalMixin:
         mesh = self.head(neutral["shape"], neutral["expr"], neutral["pose"], neutral["translation"])
         return pose_gaussians(gaussians, mesh.vertex_transforms, self.head.faces, binding).map(lambda t: t[0])
 
-    def turntable_sample(self, sample: Mapping[str, Tensor], index: int, frames: int,
-                         elevation_deg: float) -> dict[str, Tensor]:
-        """``sample`` (neutral, B = 1) seen by the ``index``-th of ``frames`` orbit cameras (V = 1)."""
+    def turntable_samples(self, sample: Mapping[str, Tensor], frames: int, elevation_deg: float,
+                          chunk: int) -> list[dict[str, Tensor]]:
+        """``sample`` (B = 1) at the neutral expression and rest pose, seen by a 360° orbit of
+        ``frames`` cameras around the head, split into samples of at most ``chunk`` views."""
         with torch.no_grad():
-            target = self.neutral_gaussians(sample).means.mean(0)
-        eye = torch.linalg.inv(sample["world_to_cam"][0, 0])[:3, 3]
-        w2c = orbit_cameras(frames, float((eye - target).norm()), elevation_deg, target.cpu())[index]
-        return {**sample, "world_to_cam": w2c[None, None].to(sample["K"]), "K": sample["K"][:, :1],
-                "image": sample["image"][:, :1], "expr": torch.zeros_like(sample["expr"]),
-                "pose": torch.zeros_like(sample["pose"])} | (
-            {"uv_expression": torch.zeros_like(sample["uv_expression"])} if "uv_expression" in sample else {})
+            target = self.neutral_gaussians(sample).means.mean(0).cpu()
+        eye = torch.linalg.inv(sample["world_to_cam"][0, 0].cpu())[:3, 3]
+        w2c = orbit_cameras(frames, float((eye - target).norm()), elevation_deg, target).to(sample["K"])
+        neutral = {**sample, "expr": torch.zeros_like(sample["expr"]), "pose": torch.zeros_like(sample["pose"])}
+        if "uv_expression" in sample:
+            neutral["uv_expression"] = torch.zeros_like(sample["uv_expression"])
+        out = []
+        for start in range(0, frames, chunk):
+            n = min(chunk, frames - start)
+            out.append({**neutral, "world_to_cam": w2c[None, start:start + n],
+                        "K": sample["K"][:, :1].expand(1, n, 3, 3),
+                        "image": sample["image"][:, :1].expand(1, n, -1, -1, -1)})
+        return out
+
+    def render_frames(self, samples: list[dict[str, Tensor]], chunk: int) -> Iterator[Tensor]:
+        """Lazily render video frames ``[3, H, W]``: every view of every sample, ``chunk`` samples per call."""
+        for start in range(0, len(samples), chunk):
+            part = samples[start:start + chunk]
+            batch = {k: torch.cat([s[k] for s in part]) for k in part[0]}
+            with torch.no_grad():
+                rgb = self.render(batch).rgb.clamp(0, 1).cpu()
+            yield from rgb.flatten(0, 1)
 
     def export_avatar(self, out_dir: str | Path, inputs: Mapping[str, Tensor],
                       eval_batches: Iterable[Mapping[str, Tensor]], turntable_frames: int = 60,
                       expression_steps: int = 12, fps: float = 25.0, elevation_deg: float = 10.0,
-                      extra_metrics: Mapping | None = None) -> dict[str, Path]:
+                      extra_metrics: Mapping | None = None, render_chunk: int = 8) -> dict[str, Path]:
         """Write the avatar's user-facing outputs, each atomically, into ``out_dir``.
 
         Files: ``avatar.ply`` (3DGS PLY, neutral pose), ``turntable.mp4``, ``expressions.mp4``
@@ -175,6 +191,7 @@ class AvatarEvalMixin:
             fps: video frame rate.
             elevation_deg: turntable camera elevation.
             extra_metrics: merged into ``metrics.json`` (e.g. steps run, stage lengths).
+            render_chunk: video frames rendered per rasteriser call.
         """
         out = Path(out_dir)
         dev = self.device  # type: ignore[attr-defined]
@@ -182,19 +199,14 @@ class AvatarEvalMixin:
         paths = {name: out / name for name in ("avatar.ply", "turntable.mp4", "expressions.mp4", "metrics.json",
                                                "comparison.png")}
         save_ply(paths["avatar.ply"], self.neutral_gaussians(inputs))
-        view = inputs["K"].shape[1] // 2
-
-        def frame_of(sample: Mapping[str, Tensor]) -> Tensor:
-            pick = slice(view, view + 1)
-            one = {**sample, "K": inputs["K"][:, pick], "world_to_cam": inputs["world_to_cam"][:, pick],
-                   "image": inputs["image"][:, pick]}
-            return self.render(one).rgb[0, 0].clamp(0, 1)
-
-        write_video(paths["turntable.mp4"], iter_rendered(lambda i: self.render(self.turntable_sample(
-            inputs, i, turntable_frames, elevation_deg)).rgb[0, 0].clamp(0, 1), turntable_frames), fps=fps)
+        view = slice(inputs["K"].shape[1] // 2, inputs["K"].shape[1] // 2 + 1)  # the middle input camera
+        write_video(paths["turntable.mp4"], self.render_frames(
+            self.turntable_samples(inputs, turntable_frames, elevation_deg, render_chunk), 1), fps=fps)
         expressions = self._distinct_expressions(eval_batches, inputs)
-        blended = list(interpolate_samples(expressions, expression_steps, self._expression_keys(inputs)))
-        write_video(paths["expressions.mp4"], iter_rendered(lambda i: frame_of(blended[i]), len(blended)), fps=fps)
+        blended = [{**b, "K": inputs["K"][:, view], "world_to_cam": inputs["world_to_cam"][:, view],
+                    "image": inputs["image"][:, view]}
+                   for b in interpolate_samples(expressions, expression_steps, self._expression_keys(inputs))]
+        write_video(paths["expressions.mp4"], self.render_frames(blended, render_chunk), fps=fps)
         with torch.no_grad():
             first = {k: v[:1] for k, v in (eval_batches[0] if eval_batches else inputs).items()}
             pred = self.render(first).rgb[0, 0].clamp(0, 1)
@@ -270,8 +282,16 @@ class AvatarCheckpointMixin:
         return {"avatar.ckpt": out / "avatar.ckpt", **paths}
 
     def count_input_frames(self) -> int:
-        """Images in one pass over the training data (B × V summed): SynShot's "training frames"."""
+        """Distinct input images, SynShot's "training frames": views × distinct (identity, frame) samples.
+
+        A loader that repeats the few inputs every step (e.g. :class:`FewShotDataModule`) still counts
+        each image once.
+        """
         loader = self.trainer.train_dataloader  # type: ignore[attr-defined]
         if loader is None:
             return 0
-        return sum(int(b["image"].shape[0] * b["image"].shape[1]) for b in loader)
+        views: dict[tuple[int, int], int] = {}
+        for b in loader:
+            for ident, frame in zip(b["identity"].tolist(), b["frame"].tolist(), strict=True):
+                views[(ident, frame)] = int(b["image"].shape[1])
+        return sum(views.values())

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.cli import instantiate_class
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -36,20 +37,35 @@ class FewShotDataModule(LightningDataModule):
     """Few-shot inputs of one subject for training, its held-out samples for validation.
 
     Args:
-        source: a DataModule with a ``fewshot(identity)`` method (see the module docstring).
+        source: ``{"class_path": ..., "init_args": {...}}`` of a DataModule with a
+            ``fewshot(identity)`` method (see the module docstring). It is built on first use,
+            not here: LightningCLI hands the hyper-parameters of the module it is instantiating to
+            every LightningDataModule created inside that ``__init__``, which would overwrite the
+            source's own.
         identity: which subject (None: the source's default, e.g. its first test identity).
         steps_per_epoch: optimiser steps per epoch (each step sees every input view).
         eval_batch_size: held-out samples per validation batch.
     """
 
-    def __init__(self, source: LightningDataModule, identity: int | None = None, steps_per_epoch: int = 50,
+    def __init__(self, source: dict[str, Any], identity: int | None = None, steps_per_epoch: int = 50,
                  eval_batch_size: int = 2) -> None:
         super().__init__()
-        if not callable(getattr(source, "fewshot", None)):
-            raise TypeError(f"FewShotDataModule.source must offer fewshot(identity); {type(source).__name__} does not")
-        self.source, self.identity = source, identity
+        if not isinstance(source, dict) or "class_path" not in source:
+            raise ValueError(f"FewShotDataModule.source must be {{class_path, init_args}}, got {source!r}")
+        self.source_config, self.identity = source, identity
+        self._source: LightningDataModule | None = None
         self.steps_per_epoch, self.eval_batch_size = steps_per_epoch, eval_batch_size
         self.split: Any = None
+
+    @property
+    def source(self) -> LightningDataModule:
+        """The wrapped DataModule (built on first access)."""
+        if self._source is None:
+            source = instantiate_class((), self.source_config)
+            if not callable(getattr(source, "fewshot", None)):
+                raise TypeError(f"FewShotDataModule.source {self.source_config['class_path']} has no fewshot(identity)")
+            self._source = source
+        return self._source
 
     def prepare_data(self) -> None:
         self.source.prepare_data()
