@@ -11,7 +11,6 @@ precision (bf16/AMP) and DDP come from the Trainer config.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,8 +29,6 @@ from avatar_lightning.models.quantizer import VectorQuantizer
 from avatar_lightning.models.synshot import PriorOutput, SynShotNet, SynShotNetConfig
 from avatar_lightning.render import RenderOutput, orbit_cameras
 from avatar_lightning.viz import error_map
-
-log = logging.getLogger(__name__)
 
 
 class SynShotPrior(LightningModule):
