@@ -2,5 +2,6 @@
 
 from data_modules.insta import INSTADataModule
 from data_modules.nersemble import NeRSembleDataModule
+from data_modules.synthetic import SyntheticDataModule as SyntheticDataModule
 
 __all__ = ["INSTADataModule", "NeRSembleDataModule"]

@@ -38,7 +38,7 @@ HAIR_STYLES = {"bald": 0.08, "buzz": 0.14, "short": 0.3, "long": 0.26, "bun": 0.
 BEARD_STYLES = {"none": 0.6, "stubble": 0.18, "full": 0.15, "goatee": 0.07}
 #: Shared by every identity, as in SynShot ("all our synthetic subjects share the same teeth").
 TEETH_RGB = (0.93, 0.90, 0.82)
-SCLERA_RGB = (0.93, 0.91, 0.88)
+SCLERA_RGB = (0.86, 0.83, 0.79)
 
 
 @dataclass
@@ -142,10 +142,10 @@ def sample_appearance(rng: np.random.Generator) -> Appearance:
     hair = _jitter(rng, HAIR_COLOURS[hair_name][0], 0.08)
     # Brows follow the hair colour but stay darker for light hair (as they usually are).
     brows = (np.minimum(np.asarray(hair), 0.45) * rng.uniform(0.6, 0.9)).round(4).tolist()
-    lips = _jitter(rng, np.asarray(skin) * np.array([0.86, 0.55, 0.55]) + np.array([0.06, 0.0, 0.02]), 0.05)
+    lips = _jitter(rng, np.asarray(skin) * np.array([0.9, 0.68, 0.68]) + np.array([0.03, 0.0, 0.01]), 0.04)
     return Appearance(
         skin=skin, skin_blotch=float(rng.uniform(0.02, 0.07)), lips=lips, brows=brows,
-        brow_thickness=float(rng.uniform(0.004, 0.0075)),
+        brow_thickness=float(rng.uniform(0.003, 0.0055)),
         iris=_jitter(rng, IRIS_COLOURS[_choice(rng, IRIS_COLOURS)][0], 0.08),
         hair_style=_choice(rng, HAIR_STYLES), hair=hair, hair_length=float(rng.uniform(0.08, 0.2)),
         hair_volume=float(rng.uniform(0.008, 0.02)), beard=_choice(rng, BEARD_STYLES),

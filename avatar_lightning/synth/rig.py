@@ -106,7 +106,7 @@ def upper_hemisphere_angles(n: int, min_elevation: float = 20.0, max_elevation: 
 
 
 def build_rig(n_cameras: int, height: int, width: int, target: Tensor, distance: float = 1.0,
-              fov_y_deg: float = 25.0) -> Rig:
+              fov_y_deg: float = 18.0) -> Rig:
     """The synthetic rig: ``ceil(n/2)`` frontal cameras, the rest over the upper hemisphere.
 
     Args:
@@ -115,7 +115,7 @@ def build_rig(n_cameras: int, height: int, width: int, target: Tensor, distance:
         width: image width W in pixels.
         target: head centre every camera looks at.  # [3]
         distance: camera distance from ``target`` in head-model units (metres for FLAME).
-        fov_y_deg: vertical field of view; 25° at 1 m frames a head with hair and some neck.
+        fov_y_deg: vertical field of view; 18° at 1 m frames a head with hair and its neck (≈32 cm).
 
     Returns:
         The rig (float32).

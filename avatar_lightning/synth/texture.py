@@ -95,8 +95,8 @@ def iris_weights(pos: Tensor, eye: Tensor) -> tuple[Tensor, Tensor]:
     """
     d = torch.nn.functional.normalize(pos - eye.view(3, 1, 1), dim=0)
     cos = d[2]
-    iris = _smoothstep(0.84, 0.87, cos)  # ≈ 30° half-angle: a 6 mm iris on a 12 mm eyeball
-    pupil = _smoothstep(0.965, 0.975, cos)
+    iris = _smoothstep(0.78, 0.81, cos)  # ≈ 37° half-angle: the iris fills most of the eye opening
+    pupil = _smoothstep(0.955, 0.965, cos)
     return iris, pupil
 
 
@@ -111,7 +111,7 @@ def beard_weight(pos: Tensor, style: str, marks: Landmarks) -> Tensor:
     mouth = marks.mouth
     eyes_y = 0.5 * (marks.left_eye[1] + marks.right_eye[1])
     # Everything on the front/sides below the cheekbones; the moustache band above the upper lip.
-    below_cheek = 1 - _smoothstep(eyes_y - 0.045, eyes_y - 0.03, pos[1])
+    below_cheek = 1 - _smoothstep(eyes_y - 0.058, eyes_y - 0.045, pos[1])
     front = _smoothstep(mouth[2] - 0.09, mouth[2] - 0.07, pos[2])
     above_neck = _smoothstep(mouth[1] - 0.075, mouth[1] - 0.06, pos[1])
     weight = below_cheek * front * above_neck
@@ -143,10 +143,10 @@ def paint_texture(app: Appearance, position: Tensor, valid: Tensor, regions: dic
     # Warmer, redder lips blended over the lip region.
     region = {k: v.to(dtype) for k, v in regions.items()}
     zero = torch.zeros(h, w, dtype=dtype)
-    tex = _blend(tex, 0.9 * region.get("lips", zero), app.lips)
+    tex = _blend(tex, 0.75 * region.get("lips", zero), app.lips)
     brows = sum(brow_weight(position, eye, app.brow_thickness) for eye in (marks.left_eye, marks.right_eye))
     brows = brows.clamp(0, 1) * (1 - sum(region.get(k, zero) for k in _NOT_HAIR).clamp(0, 1))
-    tex = _blend(tex, 0.85 * brows * (0.8 + 0.2 * fine.abs()), app.brows)
+    tex = _blend(tex, 0.75 * brows * (0.8 + 0.2 * fine.abs()), app.brows)
     beard = beard_weight(position, app.beard, marks) * (1 - region.get("lips", zero))
     strength = {"none": 0.0, "stubble": 0.45, "full": 0.85, "goatee": 0.85}[app.beard]
     tex = _blend(tex, strength * beard * (0.85 + 0.15 * fine), [c * 0.8 for c in app.brows])
