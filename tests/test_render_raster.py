@@ -215,3 +215,11 @@ def test_blocks_respect_the_budget_however_crowded_the_tile(monkeypatch):
     rasterize(leaves(g), make_cameras(), backend="torch").rgb.sum().backward()
     assert longest[0] > 5 * 8  # the worst tile holds several blocks' worth of Gaussians
     assert max(blocks) <= budget
+
+
+@pytest.mark.slow
+def test_parity_larger_scene():
+    """A denser, larger scene (slow: the reference loops over 400 Gaussians per camera)."""
+    g = with_hard_cases(make_scene(400, seed=21, spread=0.4, opacity=(0.05, 1.0)))
+    ref = compare(g, make_cameras(width=64, height=48), torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64))
+    assert ref.stopped > 100
