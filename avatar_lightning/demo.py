@@ -106,12 +106,18 @@ def _first_renders(cli: AvatarCLI, fit: Fit) -> None:
             if split in fit.renders:
                 continue
             sample = {k: v[i:i + 1].to(model.device) for k, v in batch.items()}
-            view = sample["K"].shape[1] // 2
+            view = most_frontal_view(sample["world_to_cam"][0])
             sample = {**sample, **{k: sample[k][:, view:view + 1] for k in ("image", "mask", "K", "world_to_cam")}}
             fit.renders[split] = model.render(sample).rgb[0, 0].clamp(0, 1).cpu()
             fit.targets[split] = sample["image"][0, 0].cpu()
         if len(fit.renders) == len(SPLITS):
             return
+
+
+def most_frontal_view(world_to_cam: Tensor) -> int:
+    """Index of the camera ``[V, 4, 4]`` looking most directly at the face (heads face +z)."""
+    centres = torch.linalg.inv(world_to_cam)[:, :3, 3]
+    return int(torch.nn.functional.normalize(centres, dim=-1)[:, 2].argmax())
 
 
 def summarize(fits: list[Fit]) -> dict[str, dict[str, float]]:
@@ -151,7 +157,11 @@ def side_by_side(fits: list[Fit], identities: list[int]) -> Tensor:
             if all(split in f.renders for f in by_method.values()) and len(by_method) == len(METHODS):
                 tiles += [by_method["inversion"].targets[split], by_method["inversion"].renders[split],
                           by_method["baseline"].renders[split]]
-    return make_grid(torch.stack(tiles), ncol=6) if tiles else torch.ones(3, 8, 8)
+    if not tiles:
+        return torch.ones(3, 8, 8)
+    scale = max(1, 128 // tiles[0].shape[-1])  # small CPU renders: enlarge (nearest) to be readable
+    big = torch.nn.functional.interpolate(torch.stack(tiles), scale_factor=scale, mode="nearest")
+    return make_grid(big, ncol=6)
 
 
 def loss_curves(fits: list[Fit], size: tuple[int, int] = (640, 240)) -> Image.Image:
