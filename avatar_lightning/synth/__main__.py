@@ -8,6 +8,14 @@ import time
 
 from avatar_lightning.synth.config import ConfigMismatchError, GeneratorConfig
 
+DESCRIPTION = """\
+Generate a synthetic head dataset (SynShot §3.4-style): random identities (3DMM shape, skin,
+lips, brows, irises, hair style and colour, beard, light) and expressions on the head model,
+rendered from a rig of cameras in front of and above the head with the project's Gaussian
+rasteriser. Writes one PNG image and one foreground mask per (identity, expression, camera), the
+cameras (K, world_to_cam), the 3DMM parameters, each identity's UV texture and hair proxy, and a
+manifest with the generator config and a content hash.
+"""
 EPILOG = """\
 Paper scale (SynShot §3.4): --identities 2000 --image-size 768x512 --cameras 28 (≈14M images with
 its expressions). Quick start (CPU): --identities 64 --expressions 4 --image-size 128.
@@ -31,7 +39,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's argument parser."""
-    p = argparse.ArgumentParser(prog="python -m avatar_lightning.synth", description=__doc__.split(":")[1].strip(),
+    p = argparse.ArgumentParser(prog="python -m avatar_lightning.synth", description=DESCRIPTION,
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="dataset folder (created; resumed if it holds the same config)")
     p.add_argument("--identities", type=int, default=64, help="number of identities (default: 64)")

@@ -180,7 +180,8 @@ def generate(config: GeneratorConfig, root: str | os.PathLike, workers: int = 1,
     root = Path(root)
     with _exclusive(root):
         manifest = check_or_write_manifest(root, config)
-        _remove_partial_files(root) if (root / "identities").exists() else None
+        if (root / "identities").exists():
+            _remove_partial_files(root)
         units = [(i, e) for i in range(config.identities) for e in range(config.expressions)]
         todo = [u for u in units if not sample_done(root, *u)]
         bar = tqdm(total=len(units), initial=len(units) - len(todo), unit="sample", disable=not progress,
