@@ -29,4 +29,4 @@ lint: ## ruff check
 	$(BIN)/ruff check .
 
 bench: ## run the benchmarks and print their figures
-	@set -e; for f in benchmarks/*.py; do echo "== $$f"; OMP_NUM_THREADS=2 $(BIN)/python $$f; done
+	@set -e; for f in benchmarks/*.py; do echo "== $$f"; OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE $(BIN)/python $$f; done
