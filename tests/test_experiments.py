@@ -16,7 +16,7 @@ CONFIGS = sorted(EXPERIMENTS.glob("**/*.yaml"))
 
 
 def config_stack(path: Path) -> list[str]:
-    """The ``-c`` arguments (``run=False`` has no subcommand) for a config, following ``# stack-on:`` headers to the base."""
+    """The ``-c`` arguments for a config, following ``# stack-on:`` headers to the base."""
     first = path.read_text().splitlines()[:1]
     args = ["-c", str(path)]
     if first and first[0].startswith("# stack-on:"):
