@@ -8,7 +8,7 @@ manifest), ``layout`` (files on disk), ``uv_cache`` (the prior's cached UV input
 ``contact_sheet`` (README figure).
 """
 
+# ``generate`` (the function) is not re-exported here: it would shadow the ``generate`` module.
 from avatar_lightning.synth.config import ConfigMismatchError, GeneratorConfig
-from avatar_lightning.synth.generate import generate, is_complete
 
-__all__ = ["ConfigMismatchError", "GeneratorConfig", "generate", "is_complete"]
+__all__ = ["ConfigMismatchError", "GeneratorConfig"]

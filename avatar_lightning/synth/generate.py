@@ -135,6 +135,22 @@ def _remove_partial_files(root: Path) -> int:
 
 
 @contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Render with one torch thread, then restore the caller's setting (e.g. a trainer's).
+
+    The per-camera tensors are small, so intra-op threads mostly wait on each other: on the shared
+    2-core machine, 1 process × 2 threads took 36 s/sample against 7.7 s/sample for 2 processes ×
+    1 thread (benchmarks/bench_synth.py); parallelism comes from ``workers`` instead.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
 def _exclusive(root: Path) -> Iterator[None]:
     """Hold an exclusive lock on the dataset folder (released by the OS even if the process dies).
 
@@ -189,9 +205,10 @@ def generate(config: GeneratorConfig, root: str | os.PathLike, workers: int = 1,
         ctx = _make_context(config, root)
         write_json(root / layout.CAMERAS, ctx.rig.to_dict())
         if workers <= 1:
-            for unit in todo:
-                render_sample(ctx, *unit)
-                bar.update(1)
+            with _one_thread():
+                for unit in todo:
+                    render_sample(ctx, *unit)
+                    bar.update(1)
         elif todo:
             with mp.get_context("spawn").Pool(workers, _init_worker, (config, root)) as pool:
                 for _ in pool.imap_unordered(_work, todo, chunksize=1):
