@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 TORCH   ?= torch==2.13.0
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all test-gpu lint bench
+.PHONY: help install test test-all test-gpu lint bench demo
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,3 +30,6 @@ lint: ## ruff check
 
 bench: ## run the benchmarks and print their figures
 	@set -e; for f in benchmarks/*.py; do echo "== $$f"; OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE $(BIN)/python $$f; done
+
+demo: ## prior + few-shot inversion + no-prior baseline on 3 held-out synthetic identities; prints the table
+	OMP_NUM_THREADS=2 $(BIN)/python -m avatar_lightning.demo --prior-config experiments/demo_prior.yaml --out runs/demo

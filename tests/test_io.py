@@ -48,3 +48,14 @@ def test_load_image_errors_name_the_file(tmp_path: Path) -> None:
 def test_config_hash_is_order_independent() -> None:
     assert io.config_hash({"a": 1, "b": [1, 2]}) == io.config_hash({"b": [1, 2], "a": 1})
     assert io.config_hash({"a": 1}) != io.config_hash({"a": 2})
+
+
+def test_atomic_files_get_default_permissions(tmp_path: Path) -> None:
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        io.write_json(tmp_path / "a.json", {})
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644

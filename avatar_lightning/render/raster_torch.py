@@ -49,7 +49,7 @@ def _schedule(bins: TileBins, budget: int, segment: int) -> list[_Group]:
     """Group non-empty tiles (most crowded first) so every block fits the element budget."""
     pixels = bins.tile_size**2
     nonempty = torch.nonzero(bins.count > 0).flatten()
-    counts, order = torch.sort(bins.count[nonempty], descending=True)
+    counts, order = torch.sort(bins.count[nonempty], descending=True, stable=True)  # deterministic grouping
     tiles, counts_l = nonempty[order], counts.tolist()
     groups, i = [], 0
     while i < len(counts_l):
