@@ -6,7 +6,6 @@ UV maps): these tests check the training wiring, not what the prior learns.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,19 +18,9 @@ from torch.utils.data import DataLoader, Dataset
 from avatar_lightning.cli import AvatarCLI
 from avatar_lightning.head.model import load_head_model
 from avatar_lightning.lit.synshot_prior import SynShotPrior
+from tests.test_lit_prior import TINY_NET, tiny_batch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_lit_prior import TINY_NET, tiny_batch  # noqa: E402
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these tiny tensors gain nothing from more, and on a shared 2-core
-    machine two threads contend (measured: a tiny prior step takes ~10× longer)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _Batches(Dataset):

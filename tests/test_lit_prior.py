@@ -22,14 +22,7 @@ TINY_NET = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these tiny tensors gain nothing from more, and on a shared 2-core
-    machine two threads contend (measured: a tiny prior step takes ~10× longer)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
