@@ -20,7 +20,9 @@ class EMAEarlyStopping(Callback):
     Args:
         monitor: key in ``trainer.callback_metrics`` logged every training step (e.g. ``train/loss``).
         decay: EMA decay per step; the EMA is ``decay * ema + (1 - decay) * value``.
-        warmup_steps: no stopping before this many optimiser steps (the EMA still updates).
+        warmup_steps: no stopping before this many optimiser steps (the EMA still updates). A module
+            may ask for a longer warm-up through a ``min_steps_before_stopping`` attribute (the
+            inversion does: its stage 1 must end and stage 2 warm up first); the larger one applies.
         patience: steps without an improvement larger than ``min_delta`` before stopping.
         min_delta: relative improvement of the EMA that counts (0.001 = 0.1 %).
         max_steps_per_frame: if > 0, also stop after ``max_steps_per_frame × n_frames`` steps, where
@@ -51,12 +53,15 @@ class EMAEarlyStopping(Callback):
         self.stopped_step: int | None = None
         self.reason = ""
 
-    def update(self, value: float, step: int) -> bool:
-        """Feed one loss value at optimiser step ``step``; returns True when training should stop."""
+    def update(self, value: float, step: int, min_steps: int = 0) -> bool:
+        """Feed one loss value at optimiser step ``step``; returns True when training should stop.
+
+        ``min_steps`` extends the warm-up for this call (the module's ``min_steps_before_stopping``).
+        """
         self.ema = value if self.ema is None else self.decay * self.ema + (1.0 - self.decay) * value
         if self.ema < self.best * (1.0 - self.min_delta):
             self.best, self.best_step = self.ema, step
-        if step < self.warmup_steps:
+        if step < max(self.warmup_steps, min_steps):
             return False
         if step - self.best_step >= self.patience:
             self.reason = f"EMA of {self.monitor} plateaued at {self.best:.5g} (best at step {self.best_step})"
@@ -71,7 +76,7 @@ class EMAEarlyStopping(Callback):
                 f"EMAEarlyStopping: '{self.monitor}' was not logged; logged keys: {sorted(trainer.callback_metrics)}"
             )
         step = trainer.global_step
-        stop = self.update(float(value), step)
+        stop = self.update(float(value), step, int(getattr(pl_module, "min_steps_before_stopping", 0)))
         n_frames = int(getattr(pl_module, "n_input_frames", 0))
         if not stop and self.max_steps_per_frame > 0 and n_frames > 0 and step >= self.max_steps_per_frame * n_frames:
             stop, self.reason = True, f"step budget {self.max_steps_per_frame} x {n_frames} frames reached"

@@ -154,7 +154,8 @@ def test_tiny_inversion_end_to_end(prior_path: Path, tmp_path: Path) -> None:
                       check_val_every_n_epoch=1000, num_sanity_val_steps=0)
     trainer.fit(model, datamodule=data)
     assert model.n_input_frames == 2 and model.stage1_steps == 2
-    assert stopper.warmup_steps == 4, "warm-up was raised so stage 2 starts before stopping is allowed"
+    assert model.min_steps_before_stopping == 4, "stopping waits for stage 1 and as long again of stage 2"
+    assert stopper.warmup_steps == 0, "the callback's own setting is left alone"
     assert trainer.global_step == 6 and int(model.stage) == 2
     stages = [s for _, s, _ in model.loss_history]
     assert stages == [1, 1, 2, 2, 2, 2]

@@ -216,12 +216,12 @@ class SynShotInversion(AvatarCheckpointMixin, AvatarEvalMixin, LightningModule):
     # ------------------------------------------------------------------------------ Lightning
     def on_train_start(self) -> None:
         self.n_input_frames = self.count_input_frames()
-        for cb in self.trainer.callbacks:
-            if hasattr(cb, "warmup_steps") and cb.warmup_steps < self.stage1_steps:
-                # early stopping must not end the run before stage 2 has started and warmed up
-                rank_zero_info(f"SynShotInversion: raising {type(cb).__name__}.warmup_steps from {cb.warmup_steps} "
-                               f"to {2 * self.stage1_steps} (stage 1 lasts {self.stage1_steps} steps)")
-                cb.warmup_steps = 2 * self.stage1_steps
+
+    @property
+    def min_steps_before_stopping(self) -> int:
+        """Early stopping (``callbacks.EMAEarlyStopping``) waits until stage 1 is over and stage 2 has
+        run as long again: a plateau of the stage-1 loss must not end the run before stage 2."""
+        return 2 * self.stage1_steps
 
     def on_train_batch_start(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         if not bool(self.identity_captured):
