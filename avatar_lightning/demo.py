@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from torch import Tensor
 
 from avatar_lightning.cli import AvatarCLI
 from avatar_lightning.io import atomic_path, save_image, write_bytes, write_json
-from avatar_lightning.viz import make_grid
+from avatar_lightning.viz import hstack_images, line_plot, make_grid
 
 METHODS = {"inversion": "SynShot inversion (prior)", "baseline": "no-prior baseline (GaussianAvatars-style)"}
 SPLITS = ("novel_view", "novel_expression")
@@ -166,30 +166,12 @@ def side_by_side(fits: list[Fit], identities: list[int]) -> Tensor:
 
 def loss_curves(fits: list[Fit], size: tuple[int, int] = (640, 240)) -> Image.Image:
     """SynShot Fig. 11 from the logged inversion losses: stage 1 (left) and stage 2 (right) panels."""
-    w, h = size
-    img = Image.new("RGB", (w, h), "white")
-    draw = ImageDraw.Draw(img)
-    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
-    for panel, stage in enumerate((1, 2)):
-        x0, x1, y0, y1 = panel * w // 2 + 40, (panel + 1) * w // 2 - 10, 20, h - 30
-        draw.rectangle([x0, y0, x1, y1], outline="black")
-        draw.text((x0, 4), f"stage {stage}: {'E_id' if stage == 1 else 'decoders + regressors'}", fill="black")
-        series = [[(s, v) for s, st, v in f.losses if st == stage] for f in fits if f.method == "inversion"]
-        points = [p for s in series for p in s]
-        if not points:
-            continue
-        smin, smax = min(p[0] for p in points), max(p[0] for p in points)
-        vmin, vmax = min(p[1] for p in points), max(p[1] for p in points)
-        draw.text((x0 - 38, y0), f"{vmax:.3f}", fill="black")
-        draw.text((x0 - 38, y1 - 10), f"{vmin:.3f}", fill="black")
-        draw.text((x0, y1 + 4), f"step {smin}", fill="black")
-        draw.text((x1 - 60, y1 + 4), f"step {smax}", fill="black")
-        for i, s in enumerate(series):
-            xy = [(x0 + (x1 - x0) * (a - smin) / max(smax - smin, 1),
-                   y1 - (y1 - y0) * (b - vmin) / max(vmax - vmin, 1e-12)) for a, b in s]
-            if len(xy) > 1:
-                draw.line(xy, fill=colours[i % len(colours)], width=2)
-    return img
+    inversions = [f for f in fits if f.method == "inversion"]
+    panels = [line_plot({f"id {f.identity}": [(s, v) for s, st, v in f.losses if st == stage] for f in inversions},
+                        title=f"stage {stage}: {'E_id' if stage == 1 else 'decoders + regressors'}",
+                        size=(size[0] // 2, size[1]))
+              for stage in (1, 2)]
+    return hstack_images(panels)
 
 
 def write_results(out: Path, fits: list[Fit], identities: list[int], timings: dict[str, float]) -> str:
