@@ -1,6 +1,7 @@
-"""Lightning callbacks: image logging, EMA early stopping, export."""
+"""Lightning callbacks: image and turntable logging, EMA early stopping."""
 
 from callbacks.ema_early_stopping import EMAEarlyStopping
 from callbacks.image_logger import ImageLogger
+from callbacks.turntable_logger import TurntableLogger
 
-__all__ = ["EMAEarlyStopping", "ImageLogger"]
+__all__ = ["EMAEarlyStopping", "ImageLogger", "TurntableLogger"]

@@ -9,8 +9,8 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from avatar_lightning.viz import error_map, make_grid
-from callbacks import EMAEarlyStopping, ImageLogger
+from avatar_lightning.viz import COLOURS, error_map, line_plot, make_grid
+from callbacks import EMAEarlyStopping, ImageLogger, TurntableLogger
 from tests.dummy import DummyData, DummyRegression
 
 
@@ -35,6 +35,18 @@ def test_ema_noise_does_not_reset_patience() -> None:
     noise = (torch.rand(2000, generator=g) * 0.02 + 1.0).tolist()
     stopped = next((s for s, v in enumerate(noise) if cb.update(v, s)), None)
     assert stopped is not None and stopped < 300
+
+
+def test_ema_module_can_extend_the_warmup(tmp_path: Path) -> None:
+    class Patient(DummyRegression):
+        min_steps_before_stopping = 12
+
+    cb = EMAEarlyStopping(monitor="train/loss", decay=0.5, warmup_steps=0, patience=0, min_delta=10.0)
+    trainer = Trainer(max_steps=40, accelerator="cpu", logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, callbacks=[cb], default_root_dir=tmp_path, limit_val_batches=0)
+    trainer.fit(Patient(), DummyData(n=64, batch_size=2))
+    # min_delta=10 means nothing ever counts as an improvement: the first step allowed to stop does
+    assert cb.stopped_step == 12 and trainer.global_step == 12 and cb.warmup_steps == 0
 
 
 def test_ema_state_round_trips() -> None:
@@ -73,6 +85,21 @@ def test_make_grid_layout() -> None:
     assert grid[:, 0, :].eq(0.5).all()
 
 
+def test_line_plot_draws_each_series_where_its_data_is() -> None:
+    import numpy as np
+
+    img = np.asarray(line_plot({"up": [(0, 0.0), (10, 1.0)], "flat": [(0, 0.0), (10, 0.0)]}, size=(200, 150)))
+    assert img.shape == (150, 200, 3)
+    up = (img == COLOURS[0]).all(-1)
+    flat = (img == COLOURS[1]).all(-1)
+    ys, xs = np.nonzero(up[:, :100])  # left half of the plot (legend sits top right)
+    assert ys.min() > 75, "the rising line starts low"
+    ys, xs = np.nonzero(up[:, 110:150])
+    assert ys.min() < 75, "and ends high"
+    ys, _ = np.nonzero(flat[:, :100])
+    assert ys.size and np.ptp(ys) <= 2, "the flat series is one horizontal line at the bottom"
+
+
 def test_error_map_zero_for_equal_images() -> None:
     x = torch.rand(2, 3, 4, 4)
     assert error_map(x, x).eq(0).all()
@@ -103,4 +130,35 @@ def test_image_logger_requires_log_images(tmp_path: Path) -> None:
                       enable_progress_bar=False, callbacks=[ImageLogger()], default_root_dir=tmp_path,
                       num_sanity_val_steps=0)
     with pytest.raises(AttributeError, match="log_images"):
+        trainer.fit(DummyRegression(), DummyData())
+
+
+class TurntableModule(DummyRegression):
+    def turntable(self, batch: tuple[torch.Tensor, torch.Tensor], frames: int) -> torch.Tensor:
+        assert not self.training, "turntables are rendered in eval mode"
+        ramp = torch.linspace(0, 1, frames).view(frames, 1, 1, 1)
+        return ramp.expand(frames, 3, 8, 6).clone()
+
+
+def test_turntable_logger_every_n_epochs_tensorboard_and_mp4(tmp_path: Path) -> None:
+    from avatar_lightning.export import read_video
+
+    cb = TurntableLogger(every_n_epochs=2, frames=5, save_dir=str(tmp_path / "tt"))
+    trainer = Trainer(max_epochs=5, accelerator="cpu", logger=TensorBoardLogger(tmp_path, name="tb"),
+                      enable_checkpointing=False, enable_progress_bar=False, callbacks=[cb],
+                      default_root_dir=tmp_path, num_sanity_val_steps=1, limit_train_batches=2)
+    trainer.fit(TurntableModule(), DummyData(n=16, batch_size=4))
+    assert len(cb.logged) == 3, cb.logged  # epochs 0, 2, 4; never during the sanity check
+    videos = sorted((tmp_path / "tt").glob("turntable_*.mp4"))
+    assert len(videos) == 3
+    frames = read_video(videos[-1])
+    assert frames.shape[0] == 5 and frames.shape[-2:] == (8, 6)
+    assert frames[0].mean() < 0.1 and frames[-1].mean() > 0.9  # the orbit's frames, in order
+    assert list((tmp_path / "tb").rglob("events.out.tfevents*"))
+
+
+def test_turntable_logger_requires_turntable(tmp_path: Path) -> None:
+    trainer = Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, callbacks=[TurntableLogger()], default_root_dir=tmp_path)
+    with pytest.raises(AttributeError, match="turntable"):
         trainer.fit(DummyRegression(), DummyData())
