@@ -84,7 +84,31 @@ def test_dead_codes_restart_on_encoder_outputs() -> None:
     new = vq.codebook[3].detach()
     assert torch.cdist(new[None], flat).min() < 0.01  # moved onto (near) an encoder output
     assert not torch.allclose(new, torch.tensor([5.0, 5.0]))
-    assert vq.running_usage[3] == 1.0
+    assert vq.running_usage[3] > 0  # the restarted code gets the full horizon again
+
+
+def test_default_restart_horizon_spares_rare_codes() -> None:
+    """With the default decay and threshold a never-chosen code restarts within ~100 steps, while a
+    code chosen 10× less often than average, but regularly, survives."""
+    g = torch.Generator().manual_seed(0)
+    vq = VectorQuantizer(8, 2, update="ema", restart_dead_codes=True)
+    assert vq.usage_decay == 0.95 and vq.dead_threshold == 0.03
+    centres = torch.tensor([[float(i), 0.0] for i in range(8)])
+    vq.codebook.copy_(centres)
+    vq.ema_sum.copy_(centres)
+    vq.train()
+    restarted_at = None
+    for step in range(150):
+        # 64 cells per batch over codes 0..5; code 6 once every 2 steps (≈ 1/40 of average); code 7 never
+        cells = torch.randint(0, 6, (64,), generator=g).float()
+        if step % 2 == 0:
+            cells[0] = 6.0
+        z = torch.stack([cells + 0.01 * torch.randn(64, generator=g), torch.zeros(64)], dim=1)
+        vq(z.T.reshape(1, 2, 8, 8))
+        if restarted_at is None and vq.codebook[7, 0] < 6.5:
+            restarted_at = step
+    assert restarted_at is not None and 40 < restarted_at < 110, restarted_at
+    assert abs(float(vq.codebook[6, 0]) - 6.0) < 0.1, "a rare but live code must not be restarted"
 
 
 def test_no_restart_without_flag() -> None:
