@@ -1,4 +1,4 @@
-"""A 360° turntable of one validation identity every N epochs, in TensorBoard (and as MP4 files).
+"""A 360° turntable of one validation identity every N validation runs, in TensorBoard (and as MP4 files).
 
 A LightningModule that supports it implements::
 
@@ -28,19 +28,21 @@ class TurntableLogger(Callback):
     """Log ``pl_module.turntable(batch, frames)`` of the first validation sample.
 
     Args:
-        every_n_epochs: log after the validation of every this many epochs (and never during the
-            sanity check).
+        every_n_validations: log on every this many validation runs, counting from the first (one run
+            per epoch, or per ``val_check_interval`` steps; the sanity check does not count).
         frames: frames of the orbit.
         fps: frame rate of the video.
         save_dir: if set, also write ``<save_dir>/turntable_<step>.mp4``.
     """
 
-    def __init__(self, every_n_epochs: int = 5, frames: int = 24, fps: float = 12.0,
+    def __init__(self, every_n_validations: int = 2, frames: int = 24, fps: float = 12.0,
                  save_dir: str | None = None) -> None:
         super().__init__()
-        if every_n_epochs < 1 or frames < 1:
-            raise ValueError(f"TurntableLogger: every_n_epochs and frames must be ≥ 1, got {every_n_epochs}, {frames}")
-        self.every_n_epochs, self.frames, self.fps, self.save_dir = every_n_epochs, frames, fps, save_dir
+        if every_n_validations < 1 or frames < 1:
+            raise ValueError(f"TurntableLogger: every_n_validations and frames must be ≥ 1, "
+                             f"got {every_n_validations}, {frames}")
+        self.every_n_validations, self.frames, self.fps, self.save_dir = every_n_validations, frames, fps, save_dir
+        self.validations = 0  # validation runs seen (checkpointed, so a resumed run keeps the rhythm)
         self.logged: list[int] = []  # global steps at which a turntable was logged
         self._video = importlib.util.find_spec("moviepy") is not None
         if not self._video:
@@ -74,6 +76,13 @@ class TurntableLogger(Callback):
 
     def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
-        if (batch_idx == 0 and dataloader_idx == 0 and not trainer.sanity_checking
-                and trainer.current_epoch % self.every_n_epochs == 0):
-            self._log(trainer, pl_module, batch)
+        if batch_idx == 0 and dataloader_idx == 0 and not trainer.sanity_checking:
+            if self.validations % self.every_n_validations == 0:
+                self._log(trainer, pl_module, batch)
+            self.validations += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"validations": self.validations}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.validations = int(state_dict.get("validations", 0))

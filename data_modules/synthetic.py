@@ -228,14 +228,14 @@ class SyntheticDataModule(LightningDataModule):
         self.rig = Rig.from_dict(_read_json(self.data_dir / layout.CAMERAS))
         self.uv = self._uv_cache() if self.hparams.with_uv else None
 
-    def _spread_cameras(self) -> list[int]:
+    def spread_cameras(self) -> list[int]:
         """V cameras spread evenly over the rig (frontal and upper groups alike)."""
         idx = torch.linspace(0, self.rig.n - 1, self.hparams.views).round().long()
         return sorted(set(idx.tolist()))
 
     def dataset(self, split: str) -> SyntheticViews:
         """The samples of ``split`` ("train", "val" or "test"): every expression of its identities."""
-        fixed = None if split == "train" else self._spread_cameras()
+        fixed = None if split == "train" else self.spread_cameras()
         refs = [SampleRef(i, e, fixed) for i in self.split_identities()[split] for e in range(self.config.expressions)]
         return SyntheticViews(self.data_dir, self.rig, refs, self.hparams.views, self.uv)
 

@@ -140,15 +140,16 @@ class TurntableModule(DummyRegression):
         return ramp.expand(frames, 3, 8, 6).clone()
 
 
-def test_turntable_logger_every_n_epochs_tensorboard_and_mp4(tmp_path: Path) -> None:
+def test_turntable_logger_every_n_validations_tensorboard_and_mp4(tmp_path: Path) -> None:
     from avatar_lightning.export import read_video
 
-    cb = TurntableLogger(every_n_epochs=2, frames=5, save_dir=str(tmp_path / "tt"))
+    cb = TurntableLogger(every_n_validations=2, frames=5, save_dir=str(tmp_path / "tt"))
     trainer = Trainer(max_epochs=5, accelerator="cpu", logger=TensorBoardLogger(tmp_path, name="tb"),
                       enable_checkpointing=False, enable_progress_bar=False, callbacks=[cb],
                       default_root_dir=tmp_path, num_sanity_val_steps=1, limit_train_batches=2)
     trainer.fit(TurntableModule(), DummyData(n=16, batch_size=4))
-    assert len(cb.logged) == 3, cb.logged  # epochs 0, 2, 4; never during the sanity check
+    assert len(cb.logged) == 3, cb.logged  # validations 0, 2, 4 (one per epoch); never the sanity check
+    assert cb.state_dict() == {"validations": 5}
     videos = sorted((tmp_path / "tt").glob("turntable_*.mp4"))
     assert len(videos) == 3
     frames = read_video(videos[-1])

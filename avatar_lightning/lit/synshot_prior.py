@@ -94,6 +94,7 @@ class SynShotPrior(LightningModule):
         self.map_photo = PhotometricLoss(l1_weight, ssim_weight, 0.0)  # LPIPS is for RGB images only
         self.regularizer = GaussianRegularizer(reg_position, reg_scale, reg_opacity, reg_sh_rest)
         self.val_metrics = image_metrics("val/")
+        self.test_metrics = image_metrics("test/")
         quantizers = {"id": self.net.quant_id, "expr": self.net.quant_expr}
         self.usage = torch.nn.ModuleDict({
             branch: CodebookUsage(q.num_codes) for branch, q in quantizers.items() if isinstance(q, VectorQuantizer)})
@@ -161,6 +162,16 @@ class SynShotPrior(LightningModule):
         self.log_dict({f"val/{k}": v for k, v in terms.items()}, on_epoch=True, sync_dist=True, batch_size=b)
         self.val_metrics.update(render.rgb.flatten(0, 1).clamp(0, 1), batch["image"].flatten(0, 1))
         self.log_dict(self.val_metrics, on_epoch=True)  # torchmetrics objects sync themselves
+
+    def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        """Held-out identities (the DataModule's test split): reconstruction losses, PSNR and SSIM."""
+        validate_batch(batch, require_uv=True)
+        out, assembled, render = self(batch)
+        terms = self.losses(batch, out, assembled, render)
+        b = batch["image"].shape[0]
+        self.log_dict({f"test/{k}": v for k, v in terms.items()}, on_epoch=True, sync_dist=True, batch_size=b)
+        self.test_metrics.update(render.rgb.flatten(0, 1).clamp(0, 1), batch["image"].flatten(0, 1))
+        self.log_dict(self.test_metrics, on_epoch=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.parameters() if p.requires_grad]

@@ -1,0 +1,169 @@
+"""Report on a trained SynShot prior: the training curve and held-out reconstructions, for the README.
+
+    python -m avatar_lightning.report RUN_DIR [--ckpt PATH] [--out DIR] [--identities N]
+
+``RUN_DIR`` is a Lightning log folder of ``lightning fit -c experiments/prior.yaml`` (it holds the
+TensorBoard events and ``checkpoints/``; ``--ckpt`` defaults to its ``checkpoints/last.ckpt``).
+The DataModule is rebuilt from the hyper-parameters stored in the checkpoint, so the report sees
+exactly the identities the run held out. Writes, atomically, under ``--out`` (default: RUN_DIR/report):
+
+- ``prior_curve.png``: training image loss and validation PSNR over steps (from TensorBoard);
+- ``prior_heldout.png``: per held-out (test) identity, rows target | reconstruction | error over
+  the spread evaluation views, neutral and one non-neutral expression;
+- ``prior_report.json``: PSNR / SSIM of the reconstructions of held-out and of training identities
+  (same views, same expressions), per identity and pooled, and the curve's points.
+
+Reconstruction means the prior's autoencoding: E_id / E_expr encode the identity's UV maps, the
+decoders and regressors produce Gaussians, which are rendered from the evaluation cameras. No
+per-subject optimisation is involved (that is the inversion's job, ``experiments/invert.yaml``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from avatar_lightning.io import atomic_path, save_image, write_json
+from avatar_lightning.viz import error_map, hstack_images, line_plot, make_grid
+
+
+def read_scalars(run_dir: Path, tags: list[str]) -> dict[str, list[tuple[int, float]]]:
+    """The (step, value) points of TensorBoard scalars ``tags`` from every event file under ``run_dir``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[str, list[tuple[int, float]]] = {t: [] for t in tags}
+    files = sorted(glob.glob(str(run_dir / "**" / "events.out.tfevents*"), recursive=True))
+    if not files:
+        raise FileNotFoundError(f"{run_dir}: no TensorBoard event files (events.out.tfevents*) under it")
+    for f in files:
+        acc = EventAccumulator(f, size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in set(tags) & set(acc.Tags()["scalars"]):
+            out[tag].extend((e.step, float(e.value)) for e in acc.Scalars(tag))
+    return {t: sorted(dict(v).items()) for t, v in out.items()}  # a resumed run may log a step twice
+
+
+def smooth(points: list[tuple[int, float]], window: int) -> list[tuple[int, float]]:
+    """Running mean over ``window`` consecutive points (TensorBoard-style smoothing, no look-ahead)."""
+    out, acc = [], []
+    for step, value in points:
+        acc.append(value)
+        acc = acc[-window:]
+        out.append((step, sum(acc) / len(acc)))
+    return out
+
+
+def load_prior(ckpt: Path) -> tuple[Any, Any]:
+    """The prior (eval mode) and its DataModule, set up for testing, from one checkpoint."""
+    from avatar_lightning.lit.synshot_prior import SynShotPrior
+    from data_modules.synthetic import SyntheticDataModule
+
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"{ckpt}: prior checkpoint not found")
+    model = SynShotPrior.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    hparams = torch.load(ckpt, map_location="cpu", weights_only=False).get("datamodule_hyper_parameters")
+    if not hparams:
+        raise ValueError(f"{ckpt}: has no datamodule_hyper_parameters; was it written by `lightning fit`?")
+    data = SyntheticDataModule(**{k: v for k, v in dict(hparams).items() if not k.startswith("_")})
+    data.prepare_data()
+    data.setup("test")
+    return model, data
+
+
+@torch.no_grad()
+def reconstruct(model: Any, data: Any, identities: list[int]) -> dict[int, dict[str, Tensor]]:
+    """Render every expression of ``identities`` from the spread evaluation cameras.
+
+    Returns:
+        identity → {"target": [X, V, 3, H, W], "render": same} (X = expressions).
+    """
+    from avatar_lightning.lit.synshot_prior import SynShotPrior  # noqa: F401  (type of model)
+    from data_modules.synthetic import SampleRef, SyntheticViews
+
+    cams = data.spread_cameras()
+    out: dict[int, dict[str, Tensor]] = {}
+    for identity in identities:
+        refs = [SampleRef(identity, e, cams) for e in range(data.config.expressions)]
+        views = SyntheticViews(data.data_dir, data.rig, refs, len(cams), data.uv)
+        batch = {k: torch.stack([views[i][k] for i in range(len(views))]) for k in views[0]}
+        _, _, render = model(batch)
+        out[identity] = {"target": batch["image"], "render": render.rgb.clamp(0, 1)}
+    return out
+
+
+def psnr_ssim(render: Tensor, target: Tensor) -> dict[str, float]:
+    """Pooled PSNR (from the mean squared error over all pixels) and mean SSIM of [..., 3, H, W] images."""
+    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+    mse = float((render - target).pow(2).mean())
+    return {"psnr": -10 * math.log10(max(mse, 1e-12)),
+            "ssim": float(ssim(render.flatten(0, -4), target.flatten(0, -4), data_range=1.0))}
+
+
+def heldout_grid(recons: dict[int, dict[str, Tensor]], expression: int, scale: int = 2) -> Tensor:
+    """Rows target | reconstruction | error per identity and expression (0 and ``expression``), views as columns."""
+    rows = []
+    for rec in recons.values():
+        for e in sorted({0, expression}):
+            t, r = rec["target"][e], rec["render"][e]
+            rows += [t, r, error_map(r, t)]
+    tiles = torch.cat(rows)  # [(ids·exprs·3)·V, 3, H, W]
+    ncol = next(iter(recons.values()))["target"].shape[1]
+    tiles = torch.nn.functional.interpolate(tiles, scale_factor=scale, mode="nearest") if scale > 1 else tiles
+    return make_grid(tiles, ncol=ncol)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m avatar_lightning.report", description=__doc__.split("\n")[0])
+    parser.add_argument("run_dir", type=Path, help="Lightning log folder of a prior run (lightning_logs/version_N)")
+    parser.add_argument("--ckpt", type=Path, default=None, help="checkpoint (default RUN_DIR/checkpoints/last.ckpt)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default RUN_DIR/report)")
+    parser.add_argument("--identities", type=int, default=3, help="held-out identities shown and scored")
+    parser.add_argument("--expression", type=int, default=1, help="the non-neutral expression shown in the grid")
+    args = parser.parse_args(argv)
+    run_dir: Path = args.run_dir
+    ckpt = args.ckpt or run_dir / "checkpoints" / "last.ckpt"
+    out = args.out or run_dir / "report"
+
+    curves = read_scalars(run_dir, ["train/image_step", "train/loss_step", "val/psnr", "val/ssim"])
+    model, data = load_prior(ckpt)
+    splits = data.split_identities()
+    held_out = splits["test"][: args.identities]
+    if not held_out:
+        raise ValueError(f"{ckpt}: the run held out no test identities (data test_identities=0)")
+    train = splits["train"][: len(held_out)]
+    metrics: dict[str, Any] = {"checkpoint": str(ckpt), "global_step": int(torch.load(
+        ckpt, map_location="cpu", weights_only=False)["global_step"]), "views": data.spread_cameras()}
+    recons = {}
+    for name, ids in (("held_out", held_out), ("train", train)):
+        rec = reconstruct(model, data, ids)
+        per_id = {str(i): psnr_ssim(r["render"], r["target"]) for i, r in rec.items()}
+        pooled = psnr_ssim(torch.stack([r["render"] for r in rec.values()]),
+                           torch.stack([r["target"] for r in rec.values()]))
+        metrics[name] = {"identities": ids, "per_identity": per_id, **pooled}
+        recons[name] = rec
+    expression = min(args.expression, data.config.expressions - 1)
+    save_image(out / "prior_heldout.png", heldout_grid(recons["held_out"], expression))
+
+    image_loss = smooth(curves["train/image_step"], 20)
+    plots = [line_plot({"train image loss (L1+SSIM)": image_loss}, title="train: image loss (smoothed)"),
+             line_plot({"val PSNR": curves["val/psnr"]}, title="val identity: PSNR (dB)")]
+    with atomic_path(out / "prior_curve.png") as tmp:
+        hstack_images(plots).save(tmp, format="PNG")
+    metrics["curve"] = {"train/image_step_smoothed": image_loss[:: max(1, len(image_loss) // 50)],
+                        "val/psnr": curves["val/psnr"], "val/ssim": curves["val/ssim"]}
+    write_json(out / "prior_report.json", metrics)
+    print(f"step {metrics['global_step']}: held-out {held_out} PSNR {metrics['held_out']['psnr']:.2f} dB "
+          f"SSIM {metrics['held_out']['ssim']:.4f} | train {train} PSNR {metrics['train']['psnr']:.2f} dB "
+          f"SSIM {metrics['train']['ssim']:.4f} | wrote {out}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""`lightning fit -c experiments/prior.yaml`, shrunk to a tiny synthetic set, then `lightning test` on
+the held-out identities and the README report (curve + held-out grid + JSON) from that run."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from avatar_lightning import report
+from avatar_lightning.cli import AvatarCLI
+from tests.test_lit_prior import TINY_NET
+from tests.test_synth_generate import TINY
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _shrunk(root: Path, out: Path) -> list[str]:
+    data = [f"--data.init_args.{k}={v}" for k, v in TINY.items()]
+    net = [f"--model.init_args.net.{k}={v}" for k, v in TINY_NET.items()]
+    return ["-c", "experiments/prior.yaml", "--trainer.accelerator=cpu", "--trainer.max_steps=3",
+            "--trainer.val_check_interval=3", "--trainer.limit_val_batches=1", "--trainer.log_every_n_steps=1",
+            "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={out}",
+            f"--data.init_args.root={root}", *data, *net,
+            "--model.init_args.part_samples={face: 8, hair: 6}", "--model.init_args.render_backend=torch"]
+
+
+def test_prior_yaml_fit_test_and_report(tmp_path_factory, tmp_path: Path) -> None:
+    root = tmp_path_factory.getbasetemp() / "synth_tiny"  # shared with the synthetic-data tests
+    cli = AvatarCLI(args=["fit", *_shrunk(root, tmp_path / "run")])
+    assert cli.trainer.global_step == 3
+    assert "val/psnr" in cli.trainer.callback_metrics
+    ckpt = tmp_path / "prior.ckpt"
+    cli.trainer.save_checkpoint(ckpt)
+    log_dir = Path(cli.trainer.log_dir)
+
+    tested = AvatarCLI(args=["test", *_shrunk(root, tmp_path / "test"), f"--ckpt_path={ckpt}"])
+    metrics = tested.trainer.callback_metrics
+    assert {"test/psnr", "test/ssim", "test/loss"} <= set(metrics)
+    assert 0 < float(metrics["test/psnr"]) < 60
+
+    out = tmp_path / "report"
+    result = report.main([str(log_dir), "--ckpt", str(ckpt), "--out", str(out)])
+    assert result["global_step"] == 3
+    assert result["held_out"]["identities"] == [2] and result["train"]["identities"] == [0]  # 3 ids: train, val, test
+    for split in ("held_out", "train"):
+        assert math.isfinite(result[split]["psnr"]) and 0 < result[split]["ssim"] <= 1
+    saved = json.loads((out / "prior_report.json").read_text())
+    assert saved["held_out"]["psnr"] == pytest.approx(result["held_out"]["psnr"])
+    assert len(saved["curve"]["val/psnr"]) == 1  # one validation, at the end of the 3 steps
+    grid = np.asarray(Image.open(out / "prior_heldout.png"))
+    tile = 2 * 16 + 2  # enlarged 2× plus padding
+    assert grid.shape[0] == 6 * tile + 2 and grid.shape[1] == 3 * tile + 2  # (1 id × 2 expressions × 3 rows) × 3 views
+    assert Image.open(out / "prior_curve.png").size == (640, 240)
+
+
+def test_report_names_missing_inputs(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="events.out.tfevents"):
+        report.main([str(tmp_path)])
