@@ -1,6 +1,6 @@
 """``python -m avatar_lightning`` is the same entry point as the ``lightning`` console script."""
 
-from avatar_lightning.cli import main
+from avatar_lightning.cli import run
 
 if __name__ == "__main__":
-    main()
+    run()

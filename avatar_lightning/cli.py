@@ -49,5 +49,11 @@ def main(args: list[str] | None = None) -> AvatarCLI:
     return AvatarCLI(args=args)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The ``lightning`` console script. Returns None: the wrapper passes the return value to
+    ``sys.exit``, and anything but None/0 would make a successful run exit with status 1."""
     main()
+
+
+if __name__ == "__main__":
+    run()

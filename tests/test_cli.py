@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,15 @@ def test_console_script_installed() -> None:
     out = subprocess.run([str(script), "--help"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "fit" in out.stdout and "predict" in out.stdout
+
+
+def test_console_script_fit_exits_zero(tmp_path: Path) -> None:
+    """A successful `lightning fit` exits with status 0 and prints nothing of its return value."""
+    cfg = tmp_path / "trivial.yaml"
+    cfg.write_text(TRIVIAL)
+    script = Path(sys.executable).parent / "lightning"
+    out = subprocess.run([str(script), "fit", "-c", str(cfg), "--trainer.fast_dev_run=1",
+                          f"--trainer.default_root_dir={tmp_path}"], capture_output=True, text=True, cwd=REPO,
+                         timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})  # tests.dummy importable
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "AvatarCLI object" not in out.stderr + out.stdout
