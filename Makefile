@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 TORCH   ?= torch==2.13.0
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all test-gpu lint bench demo
+.PHONY: help install test test-all test-gpu lint bench demo prior
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,3 +33,7 @@ bench: ## run the benchmarks and print their figures
 
 demo: ## prior + few-shot inversion + no-prior baseline on 3 held-out synthetic identities; prints the table
 	OMP_NUM_THREADS=2 $(BIN)/python -m avatar_lightning.demo --prior-config experiments/demo_prior.yaml --out runs/demo
+
+prior: ## train experiments/prior.yaml (≈18 min on 2 CPU cores), then write its report (curve, held-out grid)
+	OMP_NUM_THREADS=2 $(BIN)/lightning fit -c experiments/prior.yaml
+	$(BIN)/python -m avatar_lightning.report runs/prior --out runs/prior/report

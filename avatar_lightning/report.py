@@ -3,7 +3,8 @@
     python -m avatar_lightning.report RUN_DIR [--ckpt PATH] [--out DIR] [--identities N]
 
 ``RUN_DIR`` is a Lightning log folder of ``lightning fit -c experiments/prior.yaml`` (it holds the
-TensorBoard events and ``checkpoints/``; ``--ckpt`` defaults to its ``checkpoints/last.ckpt``).
+TensorBoard events and ``checkpoints/``; ``--ckpt`` defaults to its ``checkpoints/last.ckpt``), or a
+``default_root_dir`` such as ``runs/prior``, whose newest ``lightning_logs/version_N`` is taken.
 The DataModule is rebuilt from the hyper-parameters stored in the checkpoint, so the report sees
 exactly the identities the run held out. Writes, atomically, under ``--out`` (default: RUN_DIR/report):
 
@@ -31,6 +32,13 @@ from torch import Tensor
 
 from avatar_lightning.io import atomic_path, save_image, write_json
 from avatar_lightning.viz import error_map, hstack_images, line_plot, make_grid
+
+
+def resolve_run_dir(path: Path) -> Path:
+    """``path`` itself, or for a ``default_root_dir`` its newest ``lightning_logs/version_N``."""
+    versions = sorted((path / "lightning_logs").glob("version_*"),
+                      key=lambda p: int(p.name.split("_")[1]) if p.name.split("_")[1].isdigit() else -1)
+    return versions[-1] if versions else path
 
 
 def read_scalars(run_dir: Path, tags: list[str]) -> dict[str, list[tuple[int, float]]]:
@@ -127,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--identities", type=int, default=3, help="held-out identities shown and scored")
     parser.add_argument("--expression", type=int, default=1, help="the non-neutral expression shown in the grid")
     args = parser.parse_args(argv)
-    run_dir: Path = args.run_dir
+    run_dir: Path = resolve_run_dir(args.run_dir)
     ckpt = args.ckpt or run_dir / "checkpoints" / "last.ckpt"
     out = args.out or run_dir / "report"
 

@@ -58,6 +58,14 @@ def test_prior_yaml_fit_test_and_report(tmp_path_factory, tmp_path: Path) -> Non
     assert Image.open(out / "prior_curve.png").size == (640, 240)
 
 
+def test_run_dir_resolves_to_the_newest_version(tmp_path: Path) -> None:
+    for n in (0, 2, 10):
+        (tmp_path / "lightning_logs" / f"version_{n}").mkdir(parents=True)
+    assert report.resolve_run_dir(tmp_path) == tmp_path / "lightning_logs" / "version_10"
+    two = tmp_path / "lightning_logs" / "version_2"
+    assert report.resolve_run_dir(two) == two
+
+
 def test_report_names_missing_inputs(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="events.out.tfevents"):
         report.main([str(tmp_path)])
