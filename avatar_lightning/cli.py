@@ -3,11 +3,13 @@
 Every YAML names its model and data by ``class_path``; configs stack (``-c base.yaml -c exp.yaml``)::
 
     lightning fit -c experiments/prior.yaml
+    lightning fit -c experiments/prior.yaml --ckpt_path last     # resume the newest run under default_root_dir
     lightning validate -c experiments/prior.yaml --ckpt_path runs/.../last.ckpt
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,6 +41,30 @@ class AvatarCLI(LightningCLI):
             run=run,
             **kwargs,
         )
+
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if kwargs.get("ckpt_path") == "last":
+            kwargs["ckpt_path"] = str(find_last_checkpoint(self.trainer.default_root_dir))
+        return kwargs
+
+
+def find_last_checkpoint(root: str | Path) -> Path:
+    """The newest ``last.ckpt`` under ``root`` (any ``lightning_logs/version_N/checkpoints``).
+
+    Lightning's own ``ckpt_path="last"`` only looks in the *new* run's checkpoint folder (a fresh
+    ``version_N+1``, empty), so a CLI resume would silently start from scratch; this finds the
+    previous run's checkpoint instead.
+
+    Raises:
+        FileNotFoundError: naming ``root`` when it holds no ``last.ckpt``.
+    """
+    found = sorted(Path(root).rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(f"--ckpt_path last: no last.ckpt under {root} (default_root_dir); "
+                                f"pass the checkpoint's path instead")
+    return found[-1]
 
 
 def main(args: list[str] | None = None) -> AvatarCLI:

@@ -30,15 +30,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from avatar_lightning.cli import find_last_checkpoint
 from avatar_lightning.io import atomic_path, save_image, write_json
 from avatar_lightning.viz import error_map, hstack_images, line_plot, make_grid
 
 
 def resolve_run_dir(path: Path) -> Path:
-    """``path`` itself, or for a ``default_root_dir`` its newest ``lightning_logs/version_N``."""
+    """``path`` itself, or for a ``default_root_dir`` its newest ``lightning_logs/version_N`` that
+    holds a ``checkpoints/last*.ckpt`` (a training run), else its newest version."""
     versions = sorted((path / "lightning_logs").glob("version_*"),
                       key=lambda p: int(p.name.split("_")[1]) if p.name.split("_")[1].isdigit() else -1)
-    return versions[-1] if versions else path
+    trained = [v for v in versions if any((v / "checkpoints").glob("last*.ckpt"))]
+    return (trained or versions or [path])[-1]
 
 
 def read_scalars(run_dir: Path, tags: list[str]) -> dict[str, list[tuple[int, float]]]:
@@ -67,21 +70,22 @@ def smooth(points: list[tuple[int, float]], window: int) -> list[tuple[int, floa
     return out
 
 
-def load_prior(ckpt: Path) -> tuple[Any, Any]:
-    """The prior (eval mode) and its DataModule, set up for testing, from one checkpoint."""
+def load_prior(ckpt: Path) -> tuple[Any, Any, int]:
+    """The prior (eval mode), its DataModule (set up for testing) and its global step, from one checkpoint."""
     from avatar_lightning.lit.synshot_prior import SynShotPrior
     from data_modules.synthetic import SyntheticDataModule
 
     if not ckpt.is_file():
         raise FileNotFoundError(f"{ckpt}: prior checkpoint not found")
     model = SynShotPrior.load_from_checkpoint(ckpt, map_location="cpu").eval()
-    hparams = torch.load(ckpt, map_location="cpu", weights_only=False).get("datamodule_hyper_parameters")
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    hparams = saved.get("datamodule_hyper_parameters")
     if not hparams:
         raise ValueError(f"{ckpt}: has no datamodule_hyper_parameters; was it written by `lightning fit`?")
     data = SyntheticDataModule(**{k: v for k, v in dict(hparams).items() if not k.startswith("_")})
     data.prepare_data()
     data.setup("test")
-    return model, data
+    return model, data, int(saved["global_step"])
 
 
 @torch.no_grad()
@@ -137,17 +141,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     run_dir: Path = resolve_run_dir(args.run_dir)
     ckpt = args.ckpt or run_dir / "checkpoints" / "last.ckpt"
+    if args.ckpt is None and not ckpt.is_file():  # e.g. the newest version is a `test` run: newest last.ckpt
+        ckpt = find_last_checkpoint(args.run_dir)
     out = args.out or run_dir / "report"
 
-    curves = read_scalars(run_dir, ["train/image_step", "train/loss_step", "val/psnr", "val/ssim"])
-    model, data = load_prior(ckpt)
+    curves = read_scalars(run_dir, ["train/image_step", "val/psnr", "val/ssim"])
+    model, data, global_step = load_prior(ckpt)
     splits = data.split_identities()
     held_out = splits["test"][: args.identities]
     if not held_out:
         raise ValueError(f"{ckpt}: the run held out no test identities (data test_identities=0)")
     train = splits["train"][: len(held_out)]
-    metrics: dict[str, Any] = {"checkpoint": str(ckpt), "global_step": int(torch.load(
-        ckpt, map_location="cpu", weights_only=False)["global_step"]), "views": data.spread_cameras()}
+    metrics: dict[str, Any] = {"checkpoint": str(ckpt), "global_step": global_step, "views": data.spread_cameras()}
     recons = {}
     for name, ids in (("held_out", held_out), ("train", train)):
         rec = reconstruct(model, data, ids)

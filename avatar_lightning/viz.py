@@ -57,7 +57,8 @@ def line_plot(series: dict[str, list[tuple[float, float]]], title: str = "", siz
     """A plain line chart (no matplotlib dependency): one line per named series, with a legend.
 
     Args:
-        series: name → [(x, y), ...] points, drawn in x order; empty series are skipped.
+        series: name → [(x, y), ...] points, drawn in x order; non-finite points (a diverged loss,
+            an infinite PSNR) are dropped and empty series skipped.
         title: text above the axes.
         size: (width, height) in pixels.
         x_label: text under the x axis.
@@ -69,6 +70,7 @@ def line_plot(series: dict[str, list[tuple[float, float]]], title: str = "", siz
     img = Image.new("RGB", (w, h), "white")
     draw = ImageDraw.Draw(img)
     x0, x1, y0, y1 = 48, w - 10, 20, h - 30
+    series = {k: [(a, b) for a, b in v if math.isfinite(a) and math.isfinite(b)] for k, v in series.items()}
     draw.rectangle([x0, y0, x1, y1], outline="black")
     draw.text((x0, 4), title, fill="black")
     points = [p for s in series.values() for p in s]

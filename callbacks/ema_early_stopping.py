@@ -80,10 +80,12 @@ class EMAEarlyStopping(Callback):
         n_frames = int(getattr(pl_module, "n_input_frames", 0))
         if not stop and self.max_steps_per_frame > 0 and n_frames > 0 and step >= self.max_steps_per_frame * n_frames:
             stop, self.reason = True, f"step budget {self.max_steps_per_frame} x {n_frames} frames reached"
+        # Under DDP every rank sees the same loss only if it was logged with sync_dist, so the
+        # decision is reduced on every step, by every rank (a collective called only by the ranks
+        # that want to stop would hang the others); a single-device strategy returns it unchanged.
+        stop = bool(trainer.strategy.reduce_boolean_decision(stop, all=False))
         if stop:
-            # Under DDP every rank sees the same synced loss only if it was logged with sync_dist;
-            # reduce the decision so all ranks stop together either way.
-            trainer.should_stop = bool(trainer.strategy.reduce_boolean_decision(stop, all=False))
+            trainer.should_stop = True
             self.stopped_step = step
             pl_module.log("early_stop/step", float(step))
 

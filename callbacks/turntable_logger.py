@@ -24,6 +24,14 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from avatar_lightning.viz import make_grid
 
 
+def _has_moviepy_editor() -> bool:
+    """TensorBoard's ``add_video`` imports ``moviepy.editor`` (moviepy 1.x; 2.x removed it)."""
+    try:
+        return importlib.util.find_spec("moviepy.editor") is not None
+    except ModuleNotFoundError:
+        return False
+
+
 class TurntableLogger(Callback):
     """Log ``pl_module.turntable(batch, frames)`` of the first validation sample.
 
@@ -42,9 +50,11 @@ class TurntableLogger(Callback):
             raise ValueError(f"TurntableLogger: every_n_validations and frames must be ≥ 1, "
                              f"got {every_n_validations}, {frames}")
         self.every_n_validations, self.frames, self.fps, self.save_dir = every_n_validations, frames, fps, save_dir
-        self.validations = 0  # validation runs seen (checkpointed, so a resumed run keeps the rhythm)
+        # Validation runs seen; checkpointed, so a resumed run does not start counting from 0 (it may
+        # be one behind: ModelCheckpoint can save just before the validation of the same step).
+        self.validations = 0
         self.logged: list[int] = []  # global steps at which a turntable was logged
-        self._video = importlib.util.find_spec("moviepy") is not None
+        self._video = _has_moviepy_editor()
         if not self._video:
             rank_zero_info("TurntableLogger: moviepy is not installed; turntables go to TensorBoard as tiled images.")
 

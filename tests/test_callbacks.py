@@ -94,7 +94,7 @@ def test_line_plot_draws_each_series_where_its_data_is() -> None:
     flat = (img == COLOURS[1]).all(-1)
     ys, xs = np.nonzero(up[:, :100])  # left half of the plot (legend sits top right)
     assert ys.min() > 75, "the rising line starts low"
-    ys, xs = np.nonzero(up[:, 110:150])
+    ys, xs = np.nonzero(up[:, 150:185])  # right of the legend swatches (x 100–114)
     assert ys.min() < 75, "and ends high"
     ys, _ = np.nonzero(flat[:, :100])
     assert ys.size and np.ptp(ys) <= 2, "the flat series is one horizontal line at the bottom"

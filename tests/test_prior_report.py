@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from avatar_lightning import report
-from avatar_lightning.cli import AvatarCLI
+from avatar_lightning.cli import AvatarCLI, find_last_checkpoint
 from tests.test_lit_prior import TINY_NET
 from tests.test_synth_generate import TINY
 
@@ -34,9 +34,14 @@ def test_prior_yaml_fit_test_and_report(tmp_path_factory, tmp_path: Path) -> Non
     cli = AvatarCLI(args=["fit", *_shrunk(root, tmp_path / "run")])
     assert cli.trainer.global_step == 3
     assert "val/psnr" in cli.trainer.callback_metrics
-    ckpt = tmp_path / "prior.ckpt"
-    cli.trainer.save_checkpoint(ckpt)
     log_dir = Path(cli.trainer.log_dir)
+    ckpt = log_dir / "checkpoints" / "last.ckpt"
+    cli.trainer.save_checkpoint(ckpt)
+
+    # `lightning fit ... --ckpt_path last` resumes the previous run (Lightning alone would look in
+    # the new, empty version folder and start from scratch)
+    resumed = AvatarCLI(args=["fit", *_shrunk(root, tmp_path / "run"), "--trainer.max_steps=4", "--ckpt_path=last"])
+    assert resumed.trainer.global_step == 4 and resumed.trainer.ckpt_path == str(ckpt)
 
     tested = AvatarCLI(args=["test", *_shrunk(root, tmp_path / "test"), f"--ckpt_path={ckpt}"])
     metrics = tested.trainer.callback_metrics
@@ -58,10 +63,13 @@ def test_prior_yaml_fit_test_and_report(tmp_path_factory, tmp_path: Path) -> Non
     assert Image.open(out / "prior_curve.png").size == (640, 240)
 
 
-def test_run_dir_resolves_to_the_newest_version(tmp_path: Path) -> None:
+def test_run_dir_resolves_to_the_newest_training_version(tmp_path: Path) -> None:
     for n in (0, 2, 10):
         (tmp_path / "lightning_logs" / f"version_{n}").mkdir(parents=True)
     assert report.resolve_run_dir(tmp_path) == tmp_path / "lightning_logs" / "version_10"
+    (tmp_path / "lightning_logs" / "version_2" / "checkpoints").mkdir()
+    (tmp_path / "lightning_logs" / "version_2" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert report.resolve_run_dir(tmp_path) == tmp_path / "lightning_logs" / "version_2"  # 10 has no checkpoint
     two = tmp_path / "lightning_logs" / "version_2"
     assert report.resolve_run_dir(two) == two
 
@@ -69,3 +77,5 @@ def test_run_dir_resolves_to_the_newest_version(tmp_path: Path) -> None:
 def test_report_names_missing_inputs(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="events.out.tfevents"):
         report.main([str(tmp_path)])
+    with pytest.raises(FileNotFoundError, match="no last.ckpt under"):
+        find_last_checkpoint(tmp_path)
