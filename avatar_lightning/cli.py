@@ -62,7 +62,7 @@ def find_last_checkpoint(root: str | Path) -> Path:
     """
     found = sorted(Path(root).rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
     if not found:
-        raise FileNotFoundError(f"--ckpt_path last: no last.ckpt under {root} (default_root_dir); "
+        raise FileNotFoundError(f"no last.ckpt under {root} (looked in lightning_logs/version_N/checkpoints); "
                                 f"pass the checkpoint's path instead")
     return found[-1]
 

@@ -75,7 +75,9 @@ def test_run_dir_resolves_to_the_newest_training_version(tmp_path: Path) -> None
 
 
 def test_report_names_missing_inputs(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="events.out.tfevents"):
+    with pytest.raises(FileNotFoundError, match="no last.ckpt under"):
         report.main([str(tmp_path)])
     with pytest.raises(FileNotFoundError, match="no last.ckpt under"):
         find_last_checkpoint(tmp_path)
+    with pytest.raises(FileNotFoundError, match="events.out.tfevents"):
+        report.read_scalars(tmp_path, ["val/psnr"])
