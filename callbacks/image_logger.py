@@ -32,11 +32,14 @@ class ImageLogger(Callback):
         every_n_steps: also log on a training batch every this many optimiser steps (0 = never).
         max_images: at most this many images per entry.
         save_dir: if set, also write ``<save_dir>/<split>/<name>_<step>.png``.
+        columns: images per grid row by entry name (e.g. ``{"views": 3}`` keeps target | render |
+            error rows together); other entries get a square-ish grid.
     """
 
     def __init__(self, every_n_epochs: int = 1, every_n_steps: int = 0, max_images: int = 8,
-                 save_dir: str | None = None) -> None:
+                 save_dir: str | None = None, columns: dict[str, int] | None = None) -> None:
         super().__init__()
+        self.columns = dict(columns or {})
         self.every_n_epochs = every_n_epochs
         self.every_n_steps = every_n_steps
         self.max_images = max_images
@@ -55,7 +58,7 @@ class ImageLogger(Callback):
         step = trainer.global_step
         for name, value in images.items():
             value = value if value.ndim == 4 else value.unsqueeze(0)
-            grid = make_grid(value[: self.max_images].float().cpu())
+            grid = make_grid(value[: self.max_images].float().cpu(), ncol=self.columns.get(name))
             tag = f"{split}/{name}"
             for logger in trainer.loggers:
                 if isinstance(logger, TensorBoardLogger):

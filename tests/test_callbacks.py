@@ -113,7 +113,7 @@ class ImagingModule(DummyRegression):
 
 
 def test_image_logger_writes_tensorboard_and_png(tmp_path: Path) -> None:
-    cb = ImageLogger(every_n_epochs=1, every_n_steps=3, save_dir=str(tmp_path / "img"))
+    cb = ImageLogger(every_n_epochs=1, every_n_steps=3, save_dir=str(tmp_path / "img"), columns={"ramp": 2})
     trainer = Trainer(max_epochs=2, accelerator="cpu", logger=TensorBoardLogger(tmp_path, name="tb"),
                       enable_checkpointing=False, enable_progress_bar=False, callbacks=[cb],
                       default_root_dir=tmp_path, num_sanity_val_steps=0)
@@ -122,7 +122,11 @@ def test_image_logger_writes_tensorboard_and_png(tmp_path: Path) -> None:
     assert tags == {"val/ramp", "train/ramp"}
     assert sum(t == "val/ramp" for t, _ in cb.logged) == 2
     assert list((tmp_path / "tb").rglob("events.out.tfevents*"))
-    assert list((tmp_path / "img" / "val").glob("ramp_*.png"))
+    pngs = sorted((tmp_path / "img" / "val").glob("ramp_*.png"))
+    assert pngs
+    from avatar_lightning.io import load_image
+
+    assert load_image(pngs[0]).shape[-1] == 2 * (4 + 2) + 2  # 2 columns of 4-px tiles, 2-px padding
 
 
 def test_image_logger_requires_log_images(tmp_path: Path) -> None:

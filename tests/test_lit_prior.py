@@ -129,6 +129,29 @@ def test_prior_turntable(head, prior) -> None:
     assert not torch.allclose(frames[0], frames[2])  # front and back views differ
 
 
+def test_turntable_centre_ignores_stray_gaussians(head, prior, monkeypatch) -> None:
+    """The orbit looks at the head mesh: one Gaussian thrown 10 m away must not move the framing."""
+    from avatar_lightning.lit import synshot_prior
+
+    batch = tiny_batch(head)
+    mesh = head(batch["shape"][:1], batch["expr"][:1], batch["pose"][:1], batch["translation"][:1])
+    torch.testing.assert_close(synshot_prior.head_centre(batch, head), mesh.vertices[0].mean(0))
+    seen = []
+    real = synshot_prior.orbit_cameras
+    monkeypatch.setattr(synshot_prior, "orbit_cameras", lambda *a, **k: seen.append(k["target"]) or real(*a, **k))
+    prior.turntable(batch, frames=2)
+    original = prior.assembler.forward
+
+    def stray(net, maps):
+        out = original(net, maps)
+        out.gaussians.means[:, 0] = 10.0
+        return out
+
+    monkeypatch.setattr(prior.assembler, "forward", stray)
+    prior.turntable(batch, frames=2)
+    torch.testing.assert_close(seen[0], seen[1])
+
+
 def test_prior_ablations_change_the_gaussian_layout(head) -> None:
     parts = _prior()
     assert parts.assembler.parts == ("face", "hair")
@@ -152,3 +175,22 @@ def test_prior_step_under_bf16_autocast(head, prior) -> None:
     assert out.maps.feat.dtype == torch.bfloat16  # the network did run in bf16
     assert render.rgb.dtype == torch.float32 and torch.isfinite(terms["loss"])
     terms["loss"].backward()
+
+
+def test_color_from_texture_starts_at_the_decoded_texture(head) -> None:
+    from avatar_lightning.models.densify import sample_part
+    from avatar_lightning.render.sh import sh_to_rgb
+
+    model = _prior(net={**TINY_NET, "color_from_texture": True})
+    batch = tiny_batch(head)
+    out = model.net(batch["uv_texture"], batch["uv_position"], batch["uv_expression"])
+    assembled = model.assembler(model.net, out.maps)
+    expected = torch.cat([sample_part(out.maps.tex, model.assembler.grid(p)).permute(0, 2, 3, 1)[
+        :, model.assembler.grid(p).valid] for p in model.net.parts], dim=1)  # [B, N, 3]
+    sh = assembled.gaussians.sh
+    torch.testing.assert_close(sh_to_rgb(sh[:, :, 0]), expected, atol=1e-5, rtol=0)
+    assert sh[:, :, 1:].abs().max() == 0  # the residual starts at zero
+    # and gradients reach D_id (the texture branch) through the render colours
+    prior_loss = assembled.gaussians.sh[:, :, 0].sum()
+    prior_loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.net.dec_id.parameters())

@@ -8,7 +8,7 @@ the parts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from einops import rearrange
@@ -20,6 +20,7 @@ from avatar_lightning.lit.render_step import MeshBinding
 from avatar_lightning.models.densify import PartGrid, part_gaussians, part_grid, sample_part
 from avatar_lightning.models.synshot import PriorMaps, SynShotNet
 from avatar_lightning.render import Gaussians
+from avatar_lightning.render.sh import rgb_to_sh
 
 
 @dataclass
@@ -92,6 +93,9 @@ class GaussianAssembler(nn.Module):
         for part in self.parts:
             grid = self.grid(part)
             pred = net.regress(part, sample_part(maps.feat, grid))
+            if net.config.color_from_texture:  # SH DC = rgb_to_sh(x̂_tex at the points) + R_color's residual
+                base = rgb_to_sh(sample_part(maps.tex, grid))[:, None]  # [B, 1, 3, h, w]
+                pred = replace(pred, sh=torch.cat([pred.sh[:, :1] + base, pred.sh[:, 1:]], dim=1))
             items.append(part_gaussians(sample_part(maps.position, grid), pred, grid, self.init_opacity))
             bindings.append(MeshBinding(face=getattr(self, f"{part}_face"), bary=getattr(self, f"{part}_bary")))
             off = pred.offsets

@@ -147,8 +147,10 @@ class AvatarEvalMixin:
                           chunk: int) -> list[dict[str, Tensor]]:
         """``sample`` (B = 1) at the neutral expression and rest pose, seen by a 360° orbit of
         ``frames`` cameras around the head, split into samples of at most ``chunk`` views."""
-        with torch.no_grad():
-            target = self.neutral_gaussians(sample).means.mean(0).cpu()
+        with torch.no_grad():  # the mesh's centroid: stray Gaussians must not pull the orbit off the head
+            mesh = self.head(sample["shape"], torch.zeros_like(sample["expr"]), torch.zeros_like(sample["pose"]),
+                             sample["translation"])
+            target = mesh.vertices[0].mean(0).cpu()
         eye = torch.linalg.inv(sample["world_to_cam"][0, 0].cpu())[:3, 3]
         w2c = orbit_cameras(frames, float((eye - target).norm()), elevation_deg, target).to(sample["K"])
         neutral = {**sample, "expr": torch.zeros_like(sample["expr"]), "pose": torch.zeros_like(sample["pose"])}

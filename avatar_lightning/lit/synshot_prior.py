@@ -22,7 +22,7 @@ from torch import Tensor
 from avatar_lightning.batch import validate_batch
 from avatar_lightning.head.model import load_head_model
 from avatar_lightning.lit.assemble import Assembled, GaussianAssembler
-from avatar_lightning.lit.render_step import pose_gaussians, render_batch
+from avatar_lightning.lit.render_step import render_batch
 from avatar_lightning.losses import GaussianRegularizer, PhotometricLoss, geometry_l1
 from avatar_lightning.metrics import CodebookUsage, image_metrics
 from avatar_lightning.models.quantizer import VectorQuantizer
@@ -214,7 +214,7 @@ class SynShotPrior(LightningModule):
     def turntable(self, batch: Mapping[str, Tensor], frames: int = 24, elevation_deg: float = 10.0) -> Tensor:
         """A 360° orbit around the first sample of ``batch`` at its expression and pose.
 
-        The orbit is centred on the posed Gaussians' centroid at the distance of the sample's first
+        The orbit is centred on the posed head mesh's centroid at the distance of the sample's first
         camera, with that camera's intrinsics; rendering goes through :func:`render_batch`.
 
         Returns:
@@ -223,7 +223,7 @@ class SynShotPrior(LightningModule):
         one = {k: v[:1] for k, v in batch.items()}
         out = self.net(one["uv_texture"], one["uv_position"], one["uv_expression"])
         assembled = self.assembler(self.net, out.maps)
-        centre = render_batch_centre(one, assembled, self.head)
+        centre = head_centre(one, self.head)
         eye = torch.linalg.inv(one["world_to_cam"][0, 0])[:3, 3]
         cams = orbit_cameras(frames, float((eye - centre).norm()), elevation_deg, target=centre.cpu())
         h, w = one["image"].shape[-2:]
@@ -233,8 +233,11 @@ class SynShotPrior(LightningModule):
                             self.hparams.render_backend).rgb[0].clamp(0, 1)
 
 
-def render_batch_centre(batch: Mapping[str, Tensor], assembled: Assembled, head: torch.nn.Module) -> Tensor:
-    """Centroid [3] of the first sample's Gaussians posed for the batch (world space)."""
-    mesh = head(batch["shape"], batch["expr"], batch["pose"], batch["translation"])
-    posed = pose_gaussians(assembled.gaussians, mesh.vertex_transforms, head.faces, assembled.binding)
-    return posed.means[0].mean(dim=0)
+def head_centre(batch: Mapping[str, Tensor], head: torch.nn.Module) -> Tensor:
+    """Centroid [3] of the first sample's posed head mesh (world space).
+
+    The mesh, not the Gaussians: a few stray Gaussians far from the head would drag a Gaussian
+    centroid, and the orbit with it, off the head.
+    """
+    mesh = head(batch["shape"][:1], batch["expr"][:1], batch["pose"][:1], batch["translation"][:1])
+    return mesh.vertices[0].mean(dim=0)

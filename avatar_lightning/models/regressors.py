@@ -118,6 +118,7 @@ class PartRegressors(nn.Module):
         kernel_size: 3 for sample grids, 1 for scattered samples.
         sh_degree: SH degree of R_color's output (SynShot: 3 → 16 × 3).
         rotation_dim: 4 for a wxyz quaternion offset, 3 for an axis-angle offset.
+        color_zero_init: start R_color's output at zero (when it predicts a residual on a base colour).
     """
 
     def __init__(
@@ -128,13 +129,15 @@ class PartRegressors(nn.Module):
         kernel_size: int = 3,
         sh_degree: int = 3,
         rotation_dim: int = 4,
+        color_zero_init: bool = False,
     ) -> None:
         super().__init__()
         if rotation_dim not in (3, 4):
             raise ValueError(f"rotation_dim must be 4 (quaternion) or 3 (axis-angle), got {rotation_dim}")
         self.num_sh = (sh_degree + 1) ** 2
         self.split = (3, rotation_dim, 3, 1)
-        self.color = SkipConvRegressor(feature_channels, 3 * self.num_sh, hidden, num_blocks, kernel_size)
+        self.color = SkipConvRegressor(feature_channels, 3 * self.num_sh, hidden, num_blocks, kernel_size,
+                                       zero_init=color_zero_init)
         self.gauss = SkipConvRegressor(feature_channels, sum(self.split), hidden, num_blocks, kernel_size,
                                        zero_init=True)
 

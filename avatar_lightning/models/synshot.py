@@ -141,6 +141,10 @@ class SynShotNetConfig:
         tex_upsampling: Table 1 "Tex. up-sampling": D_feat predicts x̂_feat at H/2; per-part
             bilinear sampling up-samples it.
         use_vq: False is Table 1 "w/o VQ": latents pass unquantised.
+        color_from_texture: not in the paper, off by default: R_color predicts a residual on top of
+            the decoded texture x̂_tex sampled at the part's points (SH DC = rgb_to_sh(x̂_tex) +
+            residual, the residual starting at zero), so render colours are tied to the texture
+            map. One 1,500-step CPU run with it scored within the run-to-run spread (README).
     """
 
     map_resolution: int = 512
@@ -169,6 +173,7 @@ class SynShotNetConfig:
     no_sampling: bool = False
     tex_upsampling: bool = False
     use_vq: bool = True
+    color_from_texture: bool = False
 
 
 class SynShotNet(nn.Module):
@@ -200,7 +205,8 @@ class SynShotNet(nn.Module):
         self.dec_id = IdentityDecoder(cfg.id_code_dim, cfg.map_resolution, cfg.latent_resolution, **conv)
         self.dec_expr = ExpressionDecoder(cfg.expr_code_dim, cfg.map_resolution, cfg.latent_resolution, **conv)
         reg = {"hidden": cfg.regressor_hidden, "num_blocks": cfg.regressor_blocks,
-               "kernel_size": cfg.regressor_kernel, "sh_degree": cfg.sh_degree, "rotation_dim": cfg.rotation_dim}
+               "kernel_size": cfg.regressor_kernel, "sh_degree": cfg.sh_degree, "rotation_dim": cfg.rotation_dim,
+               "color_zero_init": cfg.color_from_texture}
         self.regressors = nn.ModuleDict({p: PartRegressors(cfg.feature_channels, **reg) for p in self.parts})
 
     @staticmethod
