@@ -109,10 +109,12 @@ class VectorQuantizer(nn.Module):
         # that), so the restart horizon ≈ log(dead_threshold) / log(usage_decay) steps whatever M/K is.
         self.register_buffer("running_usage", torch.ones(num_codes))
         self.register_buffer("usage_started", torch.zeros((), dtype=torch.bool))
+        self._usage_known_started = False  # host-side copy: no device sync per step once it is True
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
         # Checkpoints from before ``usage_started`` existed had their usage statistics running already.
         state_dict.setdefault(prefix + "usage_started", torch.ones((), dtype=torch.bool))
+        self._usage_known_started = False  # re-read the loaded flag on the next training step
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, z: Tensor) -> VQOutput:
@@ -163,9 +165,10 @@ class VectorQuantizer(nn.Module):
             counts: local assignment histogram [K].
         """
         counts = _all_reduce_sum(counts.clone())
-        if not self.usage_started:
+        if not self._usage_known_started and not bool(self.usage_started):
             self.running_usage.fill_(float(counts.mean()))
             self.usage_started.fill_(True)
+        self._usage_known_started = True
         self.running_usage.mul_(self.usage_decay).add_(counts, alpha=1 - self.usage_decay)
         if self.update == "ema":
             sums = torch.zeros_like(self.ema_sum).index_add_(0, indices, flat)
