@@ -126,3 +126,16 @@ def test_bf16_mixed_precision_fit(tmp_path: Path) -> None:
     metrics = trainer.callback_metrics
     assert torch.isfinite(metrics["train/loss"]) and torch.isfinite(metrics["val/psnr"])
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_checkpoint_from_another_network_config_is_refused(tmp_path: Path) -> None:
+    model = _model()
+    trainer = _trainer(tmp_path, 1, enable_checkpointing=False)
+    trainer.fit(model, datamodule=TinyData())
+    trainer.save_checkpoint(tmp_path / "a.ckpt")
+    other = SynShotPrior(net={**TINY_NET, "color_from_texture": True}, part_samples={"face": 8, "hair": 6},
+                         render_backend="torch")
+    with pytest.raises(ValueError, match=r"net.color_from_texture: checkpoint False, config True"):
+        _trainer(tmp_path, 2).fit(other, datamodule=TinyData(), ckpt_path=str(tmp_path / "a.ckpt"))
+    same = _model()  # the same config resumes
+    _trainer(tmp_path, 2).fit(same, datamodule=TinyData(), ckpt_path=str(tmp_path / "a.ckpt"))

@@ -12,6 +12,7 @@ precision (bf16/AMP) and DDP come from the Trainer config.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import fields
 from typing import Any
 
 import torch
@@ -187,7 +188,29 @@ class SynShotPrior(LightningModule):
             del checkpoint["state_dict"][key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._check_same_network(checkpoint)
         checkpoint["state_dict"].update({f"head.{k}": v for k, v in self.head.state_dict().items()})
+
+    def _check_same_network(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse weights trained with another network config (``lightning test -c other.yaml
+        --ckpt_path X`` would otherwise load them into a model that uses them differently, e.g.
+        ``color_from_texture``, and report wrong figures without any error)."""
+        saved = (checkpoint.get("hyper_parameters") or {}).get("net")
+        if saved is None:
+            return
+        saved = saved if isinstance(saved, SynShotNetConfig) else SynShotNetConfig(**dict(saved))
+        ours = self.net.config
+
+        def value(config: SynShotNetConfig, name: str) -> Any:  # YAML gives lists where defaults are tuples
+            v = getattr(config, name)
+            return tuple(v) if isinstance(v, list) else v
+
+        diff = [f"net.{f.name}: checkpoint {value(saved, f.name)!r}, config {value(ours, f.name)!r}"
+                for f in fields(SynShotNetConfig) if value(saved, f.name) != value(ours, f.name)]
+        if diff:
+            raise ValueError("SynShotPrior: the checkpoint was trained with another network config ("
+                             + "; ".join(diff) + "). Use the run's own config.yaml (in its log folder) "
+                             "or set these fields to the checkpoint's values.")
 
     # --------------------------------------------------------------------------------- images
     @torch.no_grad()
