@@ -14,6 +14,7 @@ import statistics
 import time
 
 import torch
+import yaml
 
 from avatar_lightning.models import SynShotNet, sample_uv, texel_grid
 
@@ -21,12 +22,20 @@ CASES = {
     "tiny (16², F=8)": {"map_resolution": 16, "latent_resolution": 4, "feature_channels": 8, "channels": 8,
                         "max_channels": 16, "id_code_dim": 4, "expr_code_dim": 4, "transformer_width": 16,
                         "regressor_hidden": 8},
-    "cpu default (32², F=16)": {"map_resolution": 32, "latent_resolution": 8, "feature_channels": 16, "channels": 16,
+    "small (32², F=16)": {"map_resolution": 32, "latent_resolution": 8, "feature_channels": 16, "channels": 16,
                                 "max_channels": 32, "id_code_dim": 8, "expr_code_dim": 8, "transformer_width": 32,
                                 "transformer_depth": 1, "regressor_hidden": 16},
+    "experiments/prior.yaml": "prior.yaml",  # read from the config, so the row follows the shipped default
     "mid (128², F=32)": {"map_resolution": 128, "latent_resolution": 16, "feature_channels": 32, "channels": 32,
                          "max_channels": 128, "regressor_hidden": 32},
 }
+
+
+def yaml_net(name: str) -> dict:
+    """The ``model.init_args.net`` block of ``experiments/<name>``."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments", name)
+    with open(path) as f:
+        return dict(yaml.safe_load(f)["model"]["init_args"]["net"])
 
 
 def step(net: SynShotNet, batch: int, samples: int) -> None:
@@ -62,7 +71,8 @@ def main() -> None:
     args = parser.parse_args()
     print(f"load average {os.getloadavg()[0]:.2f}, torch {torch.__version__}, batch {args.batch}")
     print(f"{'case':28s} {'params':>9s} {'threads':>7s} {'wall s':>8s} {'cpu s':>8s}")
-    for name, kwargs in CASES.items():
+    for name, case in CASES.items():
+        kwargs = yaml_net(case) if isinstance(case, str) else case
         params = sum(p.numel() for p in SynShotNet(**kwargs).parameters())
         samples = 2 * kwargs["map_resolution"]  # per-part grids denser than the maps, as SynShot's
         for threads in (1, 2):
