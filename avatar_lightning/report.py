@@ -11,6 +11,7 @@ exactly the identities the run held out. Writes, atomically, under ``--out`` (de
 - ``prior_curve.png``: training image loss and validation PSNR over steps (from TensorBoard);
 - ``prior_heldout.png``: per held-out (test) identity, rows target | reconstruction | error over
   the spread evaluation views, neutral and one non-neutral expression;
+- ``prior_turntable.png``: a 360° orbit of the first held-out identity, reconstructed (neutral);
 - ``prior_report.json``: PSNR / SSIM of the reconstructions of held-out and of training identities
   (same views, same expressions), per identity and pooled, and the curve's points.
 
@@ -131,6 +132,18 @@ def heldout_grid(recons: dict[int, dict[str, Tensor]], expression: int, scale: i
     return make_grid(tiles, ncol=ncol)
 
 
+@torch.no_grad()
+def turntable_strip(model: Any, data: Any, identity: int, frames: int, scale: int = 2) -> Tensor:
+    """One row of ``frames`` orbit views of ``identity`` (neutral), reconstructed by the prior."""
+    from data_modules.synthetic import SampleRef, SyntheticViews
+
+    cams = data.spread_cameras()
+    sample = SyntheticViews(data.data_dir, data.rig, [SampleRef(identity, 0, cams)], len(cams), data.uv)[0]
+    orbit = model.turntable({k: v[None] for k, v in sample.items()}, frames=frames)
+    orbit = torch.nn.functional.interpolate(orbit, scale_factor=scale, mode="nearest") if scale > 1 else orbit
+    return make_grid(orbit, ncol=frames)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m avatar_lightning.report", description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", type=Path, help="Lightning log folder of a prior run (lightning_logs/version_N)")
@@ -138,6 +151,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default RUN_DIR/report)")
     parser.add_argument("--identities", type=int, default=3, help="held-out identities shown and scored")
     parser.add_argument("--expression", type=int, default=1, help="the non-neutral expression shown in the grid")
+    parser.add_argument("--turntable-frames", type=int, default=8, help="orbit views in prior_turntable.png")
     args = parser.parse_args(argv)
     run_dir: Path = resolve_run_dir(args.run_dir)
     ckpt = args.ckpt or run_dir / "checkpoints" / "last.ckpt"
@@ -163,6 +177,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         recons[name] = rec
     expression = min(args.expression, data.config.expressions - 1)
     save_image(out / "prior_heldout.png", heldout_grid(recons["held_out"], expression))
+    save_image(out / "prior_turntable.png", turntable_strip(model, data, held_out[0], args.turntable_frames))
 
     image_loss = smooth(curves["train/image_step"], 20)
     plots = [line_plot({"train image loss (L1+SSIM)": image_loss}, title="train: image loss (smoothed)"),

@@ -61,6 +61,7 @@ def test_prior_yaml_fit_test_and_report(tmp_path_factory, tmp_path: Path) -> Non
     tile = 2 * 16 + 2  # enlarged 2× plus padding
     assert grid.shape[0] == 6 * tile + 2 and grid.shape[1] == 3 * tile + 2  # (1 id × 2 expressions × 3 rows) × 3 views
     assert Image.open(out / "prior_curve.png").size == (640, 240)
+    assert Image.open(out / "prior_turntable.png").size == (8 * tile + 2, tile + 2)  # one row of 8 orbit views
 
 
 def test_run_dir_resolves_to_the_newest_training_version(tmp_path: Path) -> None:

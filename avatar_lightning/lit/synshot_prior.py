@@ -235,15 +235,17 @@ class SynShotPrior(LightningModule):
 
     @torch.no_grad()
     def turntable(self, batch: Mapping[str, Tensor], frames: int = 24, elevation_deg: float = 10.0) -> Tensor:
-        """A 360° orbit around the first sample of ``batch`` at its expression and pose.
+        """A 360° orbit around the first sample of ``batch``, upright, at its expression.
 
-        The orbit is centred on the posed head mesh's centroid at the distance of the sample's first
+        The head's global and neck rotations are zeroed (jaw and eyes kept), so the orbit circles an
+        upright head facing +z whatever the sample's head pose was. The orbit is centred on the posed head mesh's centroid at the distance of the sample's first
         camera, with that camera's intrinsics; rendering goes through :func:`render_batch`.
 
         Returns:
             [frames, 3, H, W] in [0, 1].
         """
         one = {k: v[:1] for k, v in batch.items()}
+        one["pose"] = torch.cat([torch.zeros_like(one["pose"][:, :2]), one["pose"][:, 2:]], dim=1)
         out = self.net(one["uv_texture"], one["uv_position"], one["uv_expression"])
         assembled = self.assembler(self.net, out.maps)
         centre = head_centre(one, self.head)
