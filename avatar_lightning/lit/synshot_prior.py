@@ -238,8 +238,9 @@ class SynShotPrior(LightningModule):
         """A 360° orbit around the first sample of ``batch``, upright, at its expression.
 
         The head's global and neck rotations are zeroed (jaw and eyes kept), so the orbit circles an
-        upright head facing +z whatever the sample's head pose was. The orbit is centred on the posed head mesh's centroid at the distance of the sample's first
-        camera, with that camera's intrinsics; rendering goes through :func:`render_batch`.
+        upright head facing +z whatever the sample's head pose was. The orbit is centred on the
+        posed head mesh's centroid at the distance of the sample's first camera, with that camera's
+        intrinsics; rendering goes through :func:`render_batch`.
 
         Returns:
             [frames, 3, H, W] in [0, 1].
