@@ -139,3 +139,10 @@ def test_checkpoint_from_another_network_config_is_refused(tmp_path: Path) -> No
         _trainer(tmp_path, 2).fit(other, datamodule=TinyData(), ckpt_path=str(tmp_path / "a.ckpt"))
     same = _model()  # the same config resumes
     _trainer(tmp_path, 2).fit(same, datamodule=TinyData(), ckpt_path=str(tmp_path / "a.ckpt"))
+
+
+def test_checkpoint_with_unknown_network_fields_is_named(tmp_path: Path) -> None:
+    model = _model()
+    ckpt = {"hyper_parameters": {"net": {**TINY_NET, "warp_drive": 3}}, "state_dict": {}}
+    with pytest.raises(ValueError, match=r"does not know: \['warp_drive'\]"):
+        model.on_load_checkpoint(ckpt)

@@ -198,7 +198,12 @@ class SynShotPrior(LightningModule):
         saved = (checkpoint.get("hyper_parameters") or {}).get("net")
         if saved is None:
             return
-        saved = saved if isinstance(saved, SynShotNetConfig) else SynShotNetConfig(**dict(saved))
+        if not isinstance(saved, SynShotNetConfig):
+            unknown = sorted(set(dict(saved)) - {f.name for f in fields(SynShotNetConfig)})
+            if unknown:
+                raise ValueError(f"SynShotPrior: the checkpoint's net config has fields this version does not know: "
+                                 f"{unknown}; it was written by another version of avatar-lightning")
+            saved = SynShotNetConfig(**dict(saved))
         ours = self.net.config
 
         def value(config: SynShotNetConfig, name: str) -> Any:  # YAML gives lists where defaults are tuples
