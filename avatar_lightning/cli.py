@@ -9,12 +9,14 @@ Every YAML names its model and data by ``class_path``; configs stack (``-c base.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_warn
 
 #: Where runs (TensorBoard logs, checkpoints) go unless a config says otherwise.
 DEFAULT_ROOT_DIR = "runs"
@@ -46,12 +48,20 @@ class AvatarCLI(LightningCLI):
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
         if kwargs.get("ckpt_path") == "last":
-            kwargs["ckpt_path"] = str(find_last_checkpoint(self.trainer.default_root_dir))
+            try:
+                kwargs["ckpt_path"] = str(find_last_checkpoint(self.trainer.default_root_dir))
+            except FileNotFoundError as err:
+                if subcommand != "fit":
+                    raise
+                # like Lightning: an auto-resume script may pass `last` on its very first run
+                rank_zero_warn(f"{err}; training starts from scratch")
+                kwargs["ckpt_path"] = None
         return kwargs
 
 
 def find_last_checkpoint(root: str | Path) -> Path:
-    """The newest ``last.ckpt`` under ``root`` (any ``lightning_logs/version_N/checkpoints``).
+    """The newest ``last.ckpt`` (or ``last-vN.ckpt``) in ``root/lightning_logs/version_N/checkpoints``
+    or ``root/checkpoints``, by modification time.
 
     Lightning's own ``ckpt_path="last"`` only looks in the *new* run's checkpoint folder (a fresh
     ``version_N+1``, empty), so a CLI resume would silently start from scratch; this finds the
@@ -60,7 +70,10 @@ def find_last_checkpoint(root: str | Path) -> Path:
     Raises:
         FileNotFoundError: naming ``root`` when it holds no ``last.ckpt``.
     """
-    found = sorted(Path(root).rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+    root = Path(root)
+    candidates = [*root.glob("lightning_logs/version_*/checkpoints/last*.ckpt"), *root.glob("checkpoints/last*.ckpt")]
+    found = sorted((p for p in candidates if p.is_file() and re.fullmatch(r"last(-v\d+)?\.ckpt", p.name)),
+                   key=lambda p: p.stat().st_mtime)
     if not found:
         raise FileNotFoundError(f"no last.ckpt under {root} (looked in lightning_logs/version_N/checkpoints); "
                                 f"pass the checkpoint's path instead")

@@ -90,3 +90,27 @@ def test_console_script_fit_exits_zero(tmp_path: Path) -> None:
                          timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})  # tests.dummy importable
     assert out.returncode == 0, out.stderr[-2000:]
     assert "AvatarCLI object" not in out.stderr + out.stdout
+
+
+def test_fit_with_ckpt_path_last_and_no_previous_run_starts_fresh(tmp_path: Path) -> None:
+    cfg = tmp_path / "trivial.yaml"
+    cfg.write_text(TRIVIAL)
+    with pytest.warns(UserWarning, match="no last.ckpt under"):
+        cli = main(["fit", "-c", str(cfg), "--ckpt_path=last", f"--trainer.default_root_dir={tmp_path / 'r'}"])
+    assert cli.trainer.state.finished and cli.model.steps_run == 4
+
+
+def test_find_last_checkpoint_looks_only_at_run_checkpoints(tmp_path: Path) -> None:
+    import os as _os
+
+    from avatar_lightning.cli import find_last_checkpoint
+
+    old = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    new = tmp_path / "lightning_logs" / "version_1" / "checkpoints" / "last-v1.ckpt"
+    stray = tmp_path / "data" / "last.ckpt"  # not a run's checkpoint folder
+    other = tmp_path / "lightning_logs" / "version_2" / "checkpoints" / "lastly.ckpt"
+    for i, path in enumerate((old, new, stray, other)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+        _os.utime(path, (1000 + i, 1000 + i))
+    assert find_last_checkpoint(tmp_path) == new

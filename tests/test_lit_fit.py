@@ -146,3 +146,17 @@ def test_checkpoint_with_unknown_network_fields_is_named(tmp_path: Path) -> None
     ckpt = {"hyper_parameters": {"net": {**TINY_NET, "warp_drive": 3}}, "state_dict": {}}
     with pytest.raises(ValueError, match=r"does not know: \['warp_drive'\]"):
         model.on_load_checkpoint(ckpt)
+
+
+def test_checkpoint_with_other_part_samples_is_refused_but_loss_settings_are_not(tmp_path: Path) -> None:
+    model = _model()
+    trainer = _trainer(tmp_path, 1, enable_checkpointing=False)
+    trainer.fit(model, datamodule=TinyData())
+    trainer.save_checkpoint(tmp_path / "a.ckpt")
+    ckpt = torch.load(tmp_path / "a.ckpt", weights_only=False)
+    denser = SynShotPrior(net=TINY_NET, part_samples={"face": 10, "hair": 6}, render_backend="torch")
+    with pytest.raises(ValueError, match="part_samples"):
+        denser.on_load_checkpoint(dict(ckpt, state_dict=dict(ckpt["state_dict"])))
+    other_beta = SynShotPrior(net={**TINY_NET, "vq_beta": 0.5}, part_samples={"face": 8, "hair": 6},
+                              render_backend="torch")
+    other_beta.on_load_checkpoint(dict(ckpt, state_dict=dict(ckpt["state_dict"])))  # training-only: accepted

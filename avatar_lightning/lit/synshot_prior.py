@@ -210,8 +210,13 @@ class SynShotPrior(LightningModule):
             v = getattr(config, name)
             return tuple(v) if isinstance(v, list) else v
 
+        training_only = {"vq_beta", "vq_restart_dead_codes"}  # change how it learns, not what it computes
         diff = [f"net.{f.name}: checkpoint {value(saved, f.name)!r}, config {value(ours, f.name)!r}"
-                for f in fields(SynShotNetConfig) if value(saved, f.name) != value(ours, f.name)]
+                for f in fields(SynShotNetConfig)
+                if f.name not in training_only and value(saved, f.name) != value(ours, f.name)]
+        saved_parts = (checkpoint.get("hyper_parameters") or {}).get("part_samples")
+        if saved_parts is not None and dict(saved_parts) != dict(self.hparams.part_samples or {}):
+            diff.append(f"part_samples: checkpoint {dict(saved_parts)}, config {dict(self.hparams.part_samples or {})}")
         if diff:
             raise ValueError("SynShotPrior: the checkpoint was trained with another network config ("
                              + "; ".join(diff) + "). Use the run's own config.yaml (in its log folder) "
