@@ -30,7 +30,7 @@ from torch import Tensor
 
 from avatar_lightning.cli import AvatarCLI
 from avatar_lightning.io import atomic_path, save_image, write_bytes, write_json
-from avatar_lightning.viz import hstack_images, line_plot, make_grid
+from avatar_lightning.viz import enlarge, hstack_images, line_plot, make_grid
 
 METHODS = {"inversion": "SynShot inversion (prior)", "baseline": "no-prior baseline (GaussianAvatars-style)"}
 SPLITS = ("novel_view", "novel_expression")
@@ -160,8 +160,7 @@ def side_by_side(fits: list[Fit], identities: list[int]) -> Tensor:
     if not tiles:
         return torch.ones(3, 8, 8)
     scale = max(1, 128 // tiles[0].shape[-1])  # small CPU renders: enlarge (nearest) to be readable
-    big = torch.nn.functional.interpolate(torch.stack(tiles), scale_factor=scale, mode="nearest")
-    return make_grid(big, ncol=6)
+    return make_grid(enlarge(torch.stack(tiles), scale), ncol=6)
 
 
 def loss_curves(fits: list[Fit], size: tuple[int, int] = (640, 240)) -> Image.Image:

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from avatar_lightning.cli import find_last_checkpoint
 from avatar_lightning.io import atomic_path, save_image, write_json
-from avatar_lightning.viz import error_map, hstack_images, line_plot, make_grid
+from avatar_lightning.viz import enlarge, error_map, hstack_images, line_plot, make_grid
 
 
 def resolve_run_dir(path: Path) -> Path:
@@ -89,6 +89,16 @@ def load_prior(ckpt: Path) -> tuple[Any, Any, int]:
     return model, data, int(saved["global_step"])
 
 
+def identity_batch(data: Any, identity: int, expressions: list[int]) -> dict[str, Tensor]:
+    """One schema batch: ``identity`` at each of ``expressions`` (B = len), seen from the spread cameras."""
+    from data_modules.synthetic import SampleRef, SyntheticViews
+
+    cams = data.spread_cameras()
+    views = SyntheticViews(data.data_dir, data.rig, [SampleRef(identity, e, cams) for e in expressions], len(cams),
+                           data.uv)
+    return {k: torch.stack([views[i][k] for i in range(len(views))]) for k in views[0]}
+
+
 @torch.no_grad()
 def reconstruct(model: Any, data: Any, identities: list[int]) -> dict[int, dict[str, Tensor]]:
     """Render every expression of ``identities`` from the spread evaluation cameras.
@@ -96,15 +106,9 @@ def reconstruct(model: Any, data: Any, identities: list[int]) -> dict[int, dict[
     Returns:
         identity → {"target": [X, V, 3, H, W], "render": same} (X = expressions).
     """
-    from avatar_lightning.lit.synshot_prior import SynShotPrior  # noqa: F401  (type of model)
-    from data_modules.synthetic import SampleRef, SyntheticViews
-
-    cams = data.spread_cameras()
     out: dict[int, dict[str, Tensor]] = {}
     for identity in identities:
-        refs = [SampleRef(identity, e, cams) for e in range(data.config.expressions)]
-        views = SyntheticViews(data.data_dir, data.rig, refs, len(cams), data.uv)
-        batch = {k: torch.stack([views[i][k] for i in range(len(views))]) for k in views[0]}
+        batch = identity_batch(data, identity, list(range(data.config.expressions)))
         _, _, render = model(batch)
         out[identity] = {"target": batch["image"], "render": render.rgb.clamp(0, 1)}
     return out
@@ -128,20 +132,14 @@ def heldout_grid(recons: dict[int, dict[str, Tensor]], expression: int, scale: i
             rows += [t, r, error_map(r, t)]
     tiles = torch.cat(rows)  # [(ids·exprs·3)·V, 3, H, W]
     ncol = next(iter(recons.values()))["target"].shape[1]
-    tiles = torch.nn.functional.interpolate(tiles, scale_factor=scale, mode="nearest") if scale > 1 else tiles
-    return make_grid(tiles, ncol=ncol)
+    return make_grid(enlarge(tiles, scale), ncol=ncol)
 
 
 @torch.no_grad()
 def turntable_strip(model: Any, data: Any, identity: int, frames: int, scale: int = 2) -> Tensor:
     """One row of ``frames`` orbit views of ``identity`` (neutral), reconstructed by the prior."""
-    from data_modules.synthetic import SampleRef, SyntheticViews
-
-    cams = data.spread_cameras()
-    sample = SyntheticViews(data.data_dir, data.rig, [SampleRef(identity, 0, cams)], len(cams), data.uv)[0]
-    orbit = model.turntable({k: v[None] for k, v in sample.items()}, frames=frames)
-    orbit = torch.nn.functional.interpolate(orbit, scale_factor=scale, mode="nearest") if scale > 1 else orbit
-    return make_grid(orbit, ncol=frames)
+    orbit = model.turntable(identity_batch(data, identity, [0]), frames=frames)
+    return make_grid(enlarge(orbit, scale), ncol=frames)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -36,6 +36,11 @@ def make_grid(images: Tensor, ncol: int | None = None, pad: int = 2, pad_value: 
     return torch.nn.functional.pad(grid, (0, pad, 0, pad), value=pad_value)
 
 
+def enlarge(images: Tensor, scale: int) -> Tensor:
+    """Nearest-neighbour up-sampling of ``[N, C, H, W]`` by an integer ``scale`` (small renders made readable)."""
+    return torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest") if scale > 1 else images
+
+
 def error_map(pred: Tensor, target: Tensor, vmax: float = 0.25) -> Tensor:
     """Per-pixel L1 error as a heat map (black → red → yellow), ``[..., 3, H, W]`` in [0, 1].
 

@@ -23,7 +23,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 from avatar_lightning.export import side_by_side, write_metrics, write_video
 from avatar_lightning.head.model import HeadModel
 from avatar_lightning.io import atomic_path, save_image
-from avatar_lightning.lit.render_step import MeshBinding, pose_gaussians, render_batch
+from avatar_lightning.lit.render_step import MeshBinding, head_centre, pose_gaussians, render_batch
 from avatar_lightning.render import Gaussians, RenderOutput, orbit_cameras, save_ply
 from avatar_lightning.viz import error_map
 
@@ -147,15 +147,13 @@ class AvatarEvalMixin:
                           chunk: int) -> list[dict[str, Tensor]]:
         """``sample`` (B = 1) at the neutral expression and rest pose, seen by a 360° orbit of
         ``frames`` cameras around the head, split into samples of at most ``chunk`` views."""
-        with torch.no_grad():  # the mesh's centroid: stray Gaussians must not pull the orbit off the head
-            mesh = self.head(sample["shape"], torch.zeros_like(sample["expr"]), torch.zeros_like(sample["pose"]),
-                             sample["translation"])
-            target = mesh.vertices[0].mean(0).cpu()
-        eye = torch.linalg.inv(sample["world_to_cam"][0, 0].cpu())[:3, 3]
-        w2c = orbit_cameras(frames, float((eye - target).norm()), elevation_deg, target).to(sample["K"])
         neutral = {**sample, "expr": torch.zeros_like(sample["expr"]), "pose": torch.zeros_like(sample["pose"])}
         if "uv_expression" in sample:
             neutral["uv_expression"] = torch.zeros_like(sample["uv_expression"])
+        with torch.no_grad():
+            target = head_centre(neutral, self.head).cpu()
+        eye = torch.linalg.inv(sample["world_to_cam"][0, 0].cpu())[:3, 3]
+        w2c = orbit_cameras(frames, float((eye - target).norm()), elevation_deg, target).to(sample["K"])
         out = []
         for start in range(0, frames, chunk):
             n = min(chunk, frames - start)

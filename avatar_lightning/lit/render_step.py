@@ -85,3 +85,13 @@ def render_batch(batch: Mapping[str, Tensor], canonical: Gaussians, binding: Mes
                           batch["translation"].float())
         posed = pose_gaussians(canonical, posed_mesh.vertex_transforms, head.faces, binding)
         return rasterize(posed, batch_cameras(batch), background=batch["background"], backend=backend)
+
+
+def head_centre(batch: Mapping[str, Tensor], head: HeadModel) -> Tensor:
+    """Centroid [3] of the first sample's posed head mesh (world space): what turntables orbit.
+
+    The mesh, not the Gaussians: a few stray Gaussians far from the head would drag a Gaussian
+    centroid, and the orbit with it, off the head.
+    """
+    mesh = head(batch["shape"][:1], batch["expr"][:1], batch["pose"][:1], batch["translation"][:1])
+    return mesh.vertices[0].mean(dim=0)

@@ -23,7 +23,7 @@ from torch import Tensor
 from avatar_lightning.batch import validate_batch
 from avatar_lightning.head.model import load_head_model
 from avatar_lightning.lit.assemble import Assembled, GaussianAssembler
-from avatar_lightning.lit.render_step import render_batch
+from avatar_lightning.lit.render_step import head_centre, render_batch
 from avatar_lightning.losses import GaussianRegularizer, PhotometricLoss, geometry_l1
 from avatar_lightning.metrics import CodebookUsage, image_metrics
 from avatar_lightning.models.quantizer import VectorQuantizer
@@ -155,24 +155,22 @@ class SynShotPrior(LightningModule):
                            f"train/codebook_perplexity_{branch}": values["perplexity"].float()}, sync_dist=False)
             metric.reset()  # compute() already all-reduced the histogram across ranks
 
-    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+    def _evaluate(self, batch: Mapping[str, Tensor], split: str, metrics: Any) -> None:
+        """Every loss term as ``<split>/<name>`` and PSNR / SSIM of the renders (``metrics``)."""
         validate_batch(batch, require_uv=True)
         out, assembled, render = self(batch)
         terms = self.losses(batch, out, assembled, render)
         b = batch["image"].shape[0]
-        self.log_dict({f"val/{k}": v for k, v in terms.items()}, on_epoch=True, sync_dist=True, batch_size=b)
-        self.val_metrics.update(render.rgb.flatten(0, 1).clamp(0, 1), batch["image"].flatten(0, 1))
-        self.log_dict(self.val_metrics, on_epoch=True)  # torchmetrics objects sync themselves
+        self.log_dict({f"{split}/{k}": v for k, v in terms.items()}, on_epoch=True, sync_dist=True, batch_size=b)
+        metrics.update(render.rgb.flatten(0, 1).clamp(0, 1), batch["image"].flatten(0, 1))
+        self.log_dict(metrics, on_epoch=True)  # torchmetrics objects sync themselves
+
+    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_metrics)
 
     def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         """Held-out identities (the DataModule's test split): reconstruction losses, PSNR and SSIM."""
-        validate_batch(batch, require_uv=True)
-        out, assembled, render = self(batch)
-        terms = self.losses(batch, out, assembled, render)
-        b = batch["image"].shape[0]
-        self.log_dict({f"test/{k}": v for k, v in terms.items()}, on_epoch=True, sync_dist=True, batch_size=b)
-        self.test_metrics.update(render.rgb.flatten(0, 1).clamp(0, 1), batch["image"].flatten(0, 1))
-        self.log_dict(self.test_metrics, on_epoch=True)
+        self._evaluate(batch, "test", self.test_metrics)
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.parameters() if p.requires_grad]
@@ -195,7 +193,8 @@ class SynShotPrior(LightningModule):
         """Refuse weights trained with another network config (``lightning test -c other.yaml
         --ckpt_path X`` would otherwise load them into a model that uses them differently, e.g.
         ``color_from_texture``, and report wrong figures without any error)."""
-        saved = (checkpoint.get("hyper_parameters") or {}).get("net")
+        hparams = checkpoint.get("hyper_parameters") or {}
+        saved = hparams.get("net")
         if saved is None:
             return
         if not isinstance(saved, SynShotNetConfig):
@@ -214,7 +213,7 @@ class SynShotPrior(LightningModule):
         diff = [f"net.{f.name}: checkpoint {value(saved, f.name)!r}, config {value(ours, f.name)!r}"
                 for f in fields(SynShotNetConfig)
                 if f.name not in training_only and value(saved, f.name) != value(ours, f.name)]
-        saved_parts = (checkpoint.get("hyper_parameters") or {}).get("part_samples")
+        saved_parts = hparams.get("part_samples")
         if saved_parts is not None and dict(saved_parts) != dict(self.hparams.part_samples or {}):
             diff.append(f"part_samples: checkpoint {dict(saved_parts)}, config {dict(self.hparams.part_samples or {})}")
         if diff:
@@ -267,13 +266,3 @@ class SynShotPrior(LightningModule):
                      image=one["image"].new_zeros(1, frames, 3, h, w))
         return render_batch(orbit, assembled.gaussians, assembled.binding, self.head,
                             self.hparams.render_backend).rgb[0].clamp(0, 1)
-
-
-def head_centre(batch: Mapping[str, Tensor], head: torch.nn.Module) -> Tensor:
-    """Centroid [3] of the first sample's posed head mesh (world space).
-
-    The mesh, not the Gaussians: a few stray Gaussians far from the head would drag a Gaussian
-    centroid, and the orbit with it, off the head.
-    """
-    mesh = head(batch["shape"][:1], batch["expr"][:1], batch["pose"][:1], batch["translation"][:1])
-    return mesh.vertices[0].mean(dim=0)
