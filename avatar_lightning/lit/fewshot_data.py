@@ -45,16 +45,20 @@ class FewShotDataModule(LightningDataModule):
         identity: which subject (None: the source's default, e.g. its first test identity).
         steps_per_epoch: optimiser steps per epoch (each step sees every input view).
         eval_batch_size: held-out samples per validation batch.
+        tracking_noise: simulated tracking error handed to ``source.fewshot(identity, tracking_noise=...)``
+            (see ``data_modules.tracking_noise``), e.g. ``{"shape": 0.3, "expr": 0.3, "pose": 0.02}``;
+            None: exact parameters.
     """
 
     def __init__(self, source: dict[str, Any], identity: int | None = None, steps_per_epoch: int = 50,
-                 eval_batch_size: int = 2) -> None:
+                 eval_batch_size: int = 2, tracking_noise: dict[str, float] | None = None) -> None:
         super().__init__()
         if not isinstance(source, dict) or "class_path" not in source:
             raise ValueError(f"FewShotDataModule.source must be {{class_path, init_args}}, got {source!r}")
         self.source_config, self.identity = source, identity
         self._source: LightningDataModule | None = None
         self.steps_per_epoch, self.eval_batch_size = steps_per_epoch, eval_batch_size
+        self.tracking_noise = tracking_noise
         self.split: Any = None
 
     @property
@@ -73,7 +77,10 @@ class FewShotDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.split is None:
             self.source.setup(stage)
-            self.split = self.source.fewshot(self.identity)
+            if self.tracking_noise:
+                self.split = self.source.fewshot(self.identity, tracking_noise=self.tracking_noise)
+            else:
+                self.split = self.source.fewshot(self.identity)
 
     @property
     def inputs(self) -> dict[str, Tensor]:

@@ -264,7 +264,7 @@ class SynShotInversion(AvatarCheckpointMixin, AvatarEvalMixin, LightningModule):
 
     def output_metrics(self) -> dict[str, Any]:
         """Run facts written into ``metrics.json`` beside the held-out scores."""
-        return {"steps": self.global_step, "stage1_steps": self.stage1_steps, "n_input_frames": self.n_input_frames}
+        return {**super().output_metrics(), "stage1_steps": self.stage1_steps}
 
     # ---------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

