@@ -5,7 +5,8 @@ A LightningModule that wants images in TensorBoard implements::
     def log_images(self, batch) -> dict[str, Tensor]   # name -> [N, 3, H, W] (or [3, H, W]) in [0, 1]
 
 (the taming-transformers convention). This callback calls it on the first validation batch every
-``every_n_epochs`` epochs and, optionally, on a training batch every ``every_n_steps`` steps, tiles
+``every_n_epochs`` epochs and, optionally, on a training batch every ``every_n_steps`` optimiser
+steps (once per step: under gradient accumulation a step spans several micro-batches), tiles
 each entry with :func:`avatar_lightning.viz.make_grid` and writes it to every TensorBoard logger
 (and, with ``save_dir``, as PNG files written atomically).
 """
@@ -29,7 +30,8 @@ class ImageLogger(Callback):
 
     Args:
         every_n_epochs: log on the first validation batch every this many epochs (0 = never).
-        every_n_steps: also log on a training batch every this many optimiser steps (0 = never).
+        every_n_steps: also log on a training batch every this many optimiser steps (0 = never):
+            on the micro-batch that completes the step, once, whatever ``accumulate_grad_batches``.
         max_images: at most this many images per entry.
         save_dir: if set, also write ``<save_dir>/<split>/<name>_<step>.png``.
         columns: images per grid row by entry name (e.g. ``{"views": 3}`` keeps target | render |
@@ -45,6 +47,7 @@ class ImageLogger(Callback):
         self.max_images = max_images
         self.save_dir = save_dir
         self.logged: list[tuple[str, int]] = []  # (tag, step) pairs, for inspection and tests
+        self._step_before_batch = 0
 
     @rank_zero_only
     def _log(self, trainer: Trainer, pl_module: LightningModule, batch: Any, split: str) -> None:
@@ -73,7 +76,14 @@ class ImageLogger(Callback):
                 and trainer.current_epoch % self.every_n_epochs == 0):
             self._log(trainer, pl_module, batch, "val")
 
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        self._step_before_batch = trainer.global_step
+
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0:
+        # global_step counts optimiser steps; it stands still over the micro-batches of one step, so
+        # `global_step % n == 0` alone would fire on each of them. Log when this batch's optimiser
+        # step(s) crossed a multiple of n (one batch may step several optimisers).
+        n = self.every_n_steps
+        if n > 0 and trainer.global_step // n > self._step_before_batch // n:
             self._log(trainer, pl_module, batch, "train")

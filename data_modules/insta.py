@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from avatar_lightning.head.model import load_head_model
@@ -30,17 +29,15 @@ from data_modules.few_shot import select_few_shot
 from data_modules.insta_meshfit import cached_mesh_fit
 from data_modules.metrical_tracker import frame_number, index_checkpoints, load_tracker_frame
 from data_modules.real_common import (
+    Convention,
     FlameParams,
     RealHeadDataModule,
-    RealHeadDataset,
     Sample,
     View,
-    check_image_size,
     data_path,
     intrinsics,
     read_json,
     require_keys,
-    summary_line,
 )
 from data_modules.real_uv import build_uv_cache
 
@@ -185,6 +182,12 @@ class INSTADataModule(RealHeadDataModule):
         num_workers: loader worker processes.
     """
 
+    title = "INSTA"
+    convention = Convention(expected="camera-to-world in the OpenCV convention (x right, y down, z forward), "
+                                     "as INSTA's transforms.py writes it (inv([R|t]), no axis flip)",
+                            other="OpenGL camera-to-world (x right, y up, z backward)")
+    stored_white = False
+
     def __init__(self, roots: list[str], tracker_dirs: list[str | None] | None = None, tracker_offset: int = 0,
                  n_test: int = 600, n_val: int = 20, few_shot: int | None = None, downsample: int = 1,
                  n_shape: int = 300, n_expr: int = 100, background: tuple[float, float, float] = (1.0, 1.0, 1.0),
@@ -194,13 +197,8 @@ class INSTADataModule(RealHeadDataModule):
         self.save_hyperparameters()
         if tracker_dirs is not None and len(tracker_dirs) != len(roots):
             raise ValueError(f"tracker_dirs has {len(tracker_dirs)} entries but roots has {len(roots)}")
-        self.splits: dict[str, list[Sample]] = {}
-        self.datasets: dict[str, RealHeadDataset] = {}
-        self.image_size: tuple[int, int] | None = None
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
-            return
+    def read_splits(self) -> tuple[dict[str, list[Sample]], str]:
         hp = self.hparams
         splits: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
         sources = []
@@ -212,25 +210,14 @@ class INSTADataModule(RealHeadDataModule):
             sources.append(seq.source)
             for name, samples in self._sequence_samples(seq, identity=i).items():
                 splits[name].extend(samples)
-        self.splits = splits
-        self.image_size = check_image_size(splits["train"], hp.downsample)
-        bg = torch.tensor(hp.background, dtype=torch.float32)
-        self.datasets = {k: RealHeadDataset(v, hp.downsample, bg, None, self._uv(v, bg))
-                         for k, v in splits.items() if v}
-        rank_zero_info(summary_line("INSTA", splits, self.image_size, "FLAME from " + "; ".join(sorted(set(sources)))))
+        return splits, "FLAME from " + "; ".join(sorted(set(sources)))
 
-    def prepare_data(self) -> None:
-        """Fill the UV cache once (rank 0) before ``setup`` reads it on every rank."""
-        if self.hparams.uv_size > 0:
-            self.setup()
-            self.datasets = {}
-
-    def _uv(self, samples: list[Sample], bg: Tensor) -> list[Path] | None:
+    def uv_files(self, samples: list[Sample], background: Tensor, stored: Tensor | None) -> list[Path] | None:
         hp = self.hparams
         if hp.uv_size <= 0:
             return None
         return build_uv_cache(samples, lambda s: s.views, hp.head_model, hp.uv_size, hp.n_shape, hp.n_expr, False,
-                              hp.downsample, bg, None)
+                              hp.downsample, background, stored, self.image_size)
 
     def _sequence_samples(self, seq: INSTASequence, identity: int) -> dict[str, list[Sample]]:
         hp = self.hparams

@@ -6,7 +6,8 @@ those meshes pin down the rest: the identity by linear least squares on the vert
 eyes do not move (refined with a few frames' rotations), then every frame's jaw and eye rotations
 (all frames at once) by L-BFGS. The
 tracker's eyelid blendshapes are not in a FLAME file, so a small residual stays around the eyes.
-The result is cached beside the data (:class:`~data_modules.uv_cache.UVCache`).
+The result is cached beside the data (:class:`~data_modules.uv_cache.UVCache`), keyed by the
+meshes' and expressions' content and the head model file's, so re-tracked data is fitted anew.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from einops import rearrange
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from avatar_lightning.fingerprint import content_key, file_digest, head_model_digest
 from data_modules.uv_cache import UVCache
 
 
@@ -141,9 +143,11 @@ def fit_meshes(head, meshes: Tensor, expr: Tensor, shape_frames: int = 16, iters
 
 
 def cached_mesh_fit(root: Path, head, head_model: str, mesh_paths: list[Path], expr: Tensor) -> MeshFit:
-    """:func:`fit_meshes` on an INSTA actor, cached in ``<root>/.uv_cache/<hash>/``."""
+    """:func:`fit_meshes` on an INSTA actor, cached in ``<root>/.uv_cache/<hash>/``; the hash covers
+    the settings and the content of the meshes, the expressions and the head model file."""
     config = {"kind": "insta_mesh_fit", "head_model": head_model, "n_shape": head.n_shape, "n_expr": head.n_expr,
-              "meshes": [p.name for p in mesh_paths]}
+              "meshes": [p.name for p in mesh_paths], "head_model_digest": head_model_digest(head_model),
+              "sources": content_key([file_digest(p) for p in mesh_paths], expr)}
     cache = UVCache(root, config)
 
     def compute() -> dict[str, Tensor]:

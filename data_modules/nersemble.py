@@ -20,23 +20,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from avatar_lightning.render import opengl_to_opencv
 from data_modules.few_shot import select_few_shot
 from data_modules.real_common import (
+    Convention,
     FlameParams,
     RealHeadDataModule,
-    RealHeadDataset,
     Sample,
     View,
-    check_image_size,
     data_path,
     intrinsics,
     read_json,
     require_keys,
-    summary_line,
     thin,
 )
 from data_modules.real_uv import build_uv_cache
@@ -192,6 +189,10 @@ def group_views(seq: VHAPSequence, t: int, cameras: list[int], per_sample: int) 
 class NeRSembleDataModule(RealHeadDataModule):
     """Multi-view NeRSemble sequences exported by VHAP, one identity per subject.
 
+    ``setup`` checks the export as a whole: cameras stored at another resolution are resized to
+    the common one (K scaled), another aspect ratio is refused, and so are OpenCV extrinsics
+    where VHAP writes OpenGL ones (:mod:`data_modules.real_checks`).
+
     Args:
         roots: VHAP export folders, one per (subject, sequence).
         identities: identity index of each root (sequences of one subject share it); default
@@ -217,6 +218,12 @@ class NeRSembleDataModule(RealHeadDataModule):
         num_workers: loader worker processes.
     """
 
+    title = "NeRSemble (VHAP)"
+    convention = Convention(expected="camera-to-world in the OpenGL convention (x right, y up, z backward), "
+                                     "as VHAP's export_as_nerf_dataset writes it",
+                            other="OpenCV camera-to-world (x right, y down, z forward)")
+    stored_white = True
+
     def __init__(self, roots: list[str], identities: list[int] | None = None, downsample: int = 1,
                  views_per_sample: int = 1, train_ratio: float = 0.7, val_camera: int = 8,
                  few_shot: int | None = None, max_val_samples: int | None = None, n_shape: int = 300,
@@ -227,13 +234,8 @@ class NeRSembleDataModule(RealHeadDataModule):
         self.save_hyperparameters()
         if identities is not None and len(identities) != len(roots):
             raise ValueError(f"identities has {len(identities)} entries but roots has {len(roots)}")
-        self.splits: dict[str, list[Sample]] = {}
-        self.datasets: dict[str, RealHeadDataset] = {}
-        self.image_size: tuple[int, int] | None = None
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
-            return
+    def read_splits(self) -> tuple[dict[str, list[Sample]], str]:
         hp = self.hparams
         splits: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
         self.sequences: dict[Path, VHAPSequence] = {}
@@ -246,23 +248,10 @@ class NeRSembleDataModule(RealHeadDataModule):
             for name, samples in self._sequence_samples(seq, identity, offset).items():
                 splits[name].extend(samples)
             first_frame[identity] = offset + max(seq.timesteps) + 1
-        if not splits["train"]:
-            raise ValueError(f"no training samples in {hp.roots}")
         splits["val"] = thin(splits["val"], hp.max_val_samples)
-        self.splits = splits
-        self.image_size = check_image_size(splits["train"], hp.downsample)
-        bg, white = torch.tensor(hp.background, dtype=torch.float32), torch.ones(3)
-        self.datasets = {k: RealHeadDataset(v, hp.downsample, bg, white, self._uv(v, bg, white))
-                         for k, v in splits.items() if v}
-        rank_zero_info(summary_line("NeRSemble (VHAP)", splits, self.image_size))
+        return splits, ""
 
-    def prepare_data(self) -> None:
-        """Fill the UV cache once (rank 0) before ``setup`` reads it on every rank."""
-        if self.hparams.uv_size > 0:
-            self.setup()
-            self.datasets = {}
-
-    def _uv(self, samples: list[Sample], bg: Tensor, stored: Tensor) -> list[Path] | None:
+    def uv_files(self, samples: list[Sample], background: Tensor, stored: Tensor | None) -> list[Path] | None:
         hp = self.hparams
         if hp.uv_size <= 0:
             return None
@@ -278,7 +267,7 @@ class NeRSembleDataModule(RealHeadDataModule):
             return [views[c] for c in hp.texture_cameras]
 
         return build_uv_cache(samples, texture_views, hp.head_model, hp.uv_size, hp.n_shape, hp.n_expr, hp.teeth,
-                              hp.downsample, bg, stored)
+                              hp.downsample, background, stored, self.image_size)
 
     def _sequence_samples(self, seq: VHAPSequence, identity: int, offset: int) -> dict[str, list[Sample]]:
         hp = self.hparams

@@ -16,10 +16,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from avatar_lightning.io import load_image
+from data_modules.real_checks import Convention, check_dataset, downsampled_size
 from data_modules.uv_cache import read_cached
 
 log = logging.getLogger(__name__)
@@ -130,26 +132,23 @@ def scale_intrinsics(K: Tensor, sx: float, sy: float | None = None) -> Tensor:
     return out
 
 
-def downsampled_size(height: int, width: int, factor: int) -> tuple[int, int]:
-    """Image size after down-sampling by ``factor`` (floor, as NeRSemble's 4x: 3208x2200 -> 802x550)."""
-    if factor < 1 or height < factor or width < factor:
-        raise ValueError(f"cannot down-sample a {width}x{height} image by {factor}")
-    return height // factor, width // factor
-
-
-def downsample(image: Tensor, factor: int) -> Tensor:
+def downsample(image: Tensor, factor: int, size: tuple[int, int] | None = None) -> Tensor:
     """Down-sample by an integer factor: exact block averages when it divides the size, else an
     anti-aliased resize to :func:`downsampled_size` (which maps u -> u·W'/W exactly).
 
     Args:
         image: Tensor  # [C, H, W]
+        factor: integer down-sampling factor.
+        size: (H', W') to resize to instead (a camera stored at another resolution than the rest
+            of the dataset); None: the down-sampled size.
     """
-    if factor == 1:
-        return image
     h, w = image.shape[-2:]
-    if h % factor == 0 and w % factor == 0:
+    natural = downsampled_size(h, w, factor)
+    size = natural if size is None else tuple(size)
+    if size == (h, w):
+        return image
+    if size == natural and h % factor == 0 and w % factor == 0:
         return F.avg_pool2d(image[None], factor)[0]
-    size = downsampled_size(h, w, factor)
     return F.interpolate(image[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
 
 
@@ -162,8 +161,8 @@ class ViewPixels:
     K: Tensor
 
 
-def load_view_pixels(view: View, factor: int, background: Tensor, stored_background: Tensor | None
-                     ) -> ViewPixels:
+def load_view_pixels(view: View, factor: int, background: Tensor, stored_background: Tensor | None,
+                     size: tuple[int, int] | None = None) -> ViewPixels:
     """Read a view's image and foreground mask, down-sample, composite onto ``background``.
 
     Args:
@@ -172,10 +171,12 @@ def load_view_pixels(view: View, factor: int, background: Tensor, stored_backgro
         background: Tensor  # [3] colour to composite on
         stored_background: Tensor  # [3] colour the stored RGB image is already composited on
             (VHAP exports composite on white), or None when the image is RGBA and not composited.
+        size: (H, W) of the output, the dataset's common size (:mod:`data_modules.real_checks`);
+            None: the image's own size down-sampled by ``factor``.
 
     Returns:
         :class:`ViewPixels`: image in [0, 1] composited on ``background``, mask in [0, 1], and K
-        scaled to the down-sampled size.
+        scaled to the output size.
     """
     pixels = load_image(view.image_path)
     if view.size is not None and tuple(pixels.shape[-2:]) != tuple(view.size):
@@ -195,7 +196,7 @@ def load_view_pixels(view: View, factor: int, background: Tensor, stored_backgro
     # compositing below and the full-resolution work is one multiply-add
     # (a stored composite is fg·a + stored_bg·(1 - a))
     premultiplied = rgb * mask if stored_background is None else rgb - stored_background.view(3, 1, 1) * (1 - mask)
-    premultiplied, small = downsample(premultiplied, factor), downsample(mask, factor)
+    premultiplied, small = downsample(premultiplied, factor, size), downsample(mask, factor, size)
     image = premultiplied + background.view(3, 1, 1) * (1 - small)
     (h, w), (h2, w2) = mask.shape[-2:], small.shape[-2:]
     return ViewPixels(image.clamp(0, 1), small.clamp(0, 1), scale_intrinsics(view.K, w2 / w, h2 / h))
@@ -211,10 +212,13 @@ class RealHeadDataset(Dataset):
         stored_background: Tensor  # [3] colour stored RGB images already sit on, None for RGBA.
         uv: optional per-sample UV cache files (``uv_texture``, ``uv_position``, ``uv_expression``,
             each [3, h, w]), aligned with ``samples``; read per item.
+        size: (H, W) every view is brought to (cameras may be stored at other resolutions);
+            None: each image's own size after down-sampling.
     """
 
     def __init__(self, samples: list[Sample], downsample: int, background: Tensor,
-                 stored_background: Tensor | None, uv: list[Path] | None = None) -> None:
+                 stored_background: Tensor | None, uv: list[Path] | None = None,
+                 size: tuple[int, int] | None = None) -> None:
         if len({len(s.views) for s in samples}) > 1:
             raise ValueError("all samples of a dataset must have the same number of views")
         self.samples = samples
@@ -222,6 +226,7 @@ class RealHeadDataset(Dataset):
         self.background = background
         self.stored_background = stored_background
         self.uv = uv
+        self.size = size
         has_offset = [s.flame.static_offset is not None for s in samples]
         # a batch key must be in every item; mixing sequences with and without offsets drops them
         self.with_offset = all(has_offset)
@@ -233,7 +238,8 @@ class RealHeadDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         s = self.samples[index]
-        pixels = [load_view_pixels(v, self.factor, self.background, self.stored_background) for v in s.views]
+        pixels = [load_view_pixels(v, self.factor, self.background, self.stored_background, self.size)
+                  for v in s.views]
         item = {
             "image": torch.stack([p.image for p in pixels]),
             "mask": torch.stack([p.mask for p in pixels]),
@@ -252,12 +258,6 @@ class RealHeadDataset(Dataset):
         if self.uv is not None:
             item.update(read_cached(self.uv[index]))
         return item
-
-
-def check_image_size(samples: list[Sample], factor: int) -> tuple[int, int]:
-    """(H, W) of the batch images: the first image's size after down-sampling."""
-    h, w = load_image(samples[0].views[0].image_path).shape[-2:]
-    return downsampled_size(h, w, factor)
 
 
 def summary_line(name: str, splits: dict[str, list[Sample]], size: tuple[int, int], note: str = "") -> str:
@@ -281,10 +281,53 @@ def thin(samples: list[Sample], limit: int | None) -> list[Sample]:
 
 
 class RealHeadDataModule(LightningDataModule):
-    """Loaders shared by the real-data DataModules; subclasses fill ``self.datasets`` in ``setup``."""
+    """What the real-data DataModules share: ``setup`` checks the dataset as a whole
+    (:mod:`data_modules.real_checks`) and builds the datasets and loaders.
 
-    datasets: dict[str, RealHeadDataset]
-    splits: dict[str, list[Sample]]
+    A subclass calls ``save_hyperparameters()`` (with at least ``roots``, ``downsample``,
+    ``background``, ``uv_size``, ``batch_size``, ``num_workers``), sets the class attributes and
+    implements :meth:`read_splits` and :meth:`uv_files`.
+    """
+
+    title: str  # names the dataset in the summary line
+    convention: Convention  # of its extrinsics
+    stored_white: bool  # stored RGB images are composited on white (else RGBA)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.splits: dict[str, list[Sample]] = {}
+        self.datasets: dict[str, RealHeadDataset] = {}
+        self.image_size: tuple[int, int] | None = None
+
+    def read_splits(self) -> tuple[dict[str, list[Sample]], str]:
+        """Parse the roots into ``{"train"|"val"|"test": samples}`` and a note for the summary line."""
+        raise NotImplementedError
+
+    def uv_files(self, samples: list[Sample], background: Tensor, stored: Tensor | None) -> list[Path] | None:
+        """Per-sample UV cache files (built if missing), or None when ``uv_size`` is 0."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        hp = self.hparams
+        splits, note = self.read_splits()
+        if not splits["train"]:
+            raise ValueError(f"no training samples in {hp.roots}")
+        self.splits = splits
+        self.image_size = check_dataset([s for ss in splits.values() for s in ss], hp.downsample, self.convention)
+        bg = torch.tensor(hp.background, dtype=torch.float32)
+        stored = torch.ones(3) if self.stored_white else None
+        self.datasets = {k: RealHeadDataset(v, hp.downsample, bg, stored, self.uv_files(v, bg, stored),
+                                            self.image_size)
+                         for k, v in splits.items() if v}
+        rank_zero_info(summary_line(self.title, splits, self.image_size, note))
+
+    def prepare_data(self) -> None:
+        """Fill the UV cache once (rank 0) before ``setup`` reads it on every rank."""
+        if self.hparams.uv_size > 0:
+            self.setup()
+            self.datasets = {}
 
     @property
     def num_identities(self) -> int:

@@ -1,10 +1,12 @@
-"""On-disk cache of the UV inputs beside the data, keyed by the config that produced them.
+"""On-disk cache of derived data beside the data, keyed by the settings and the sources that produced it.
 
 The prior's UV inputs (texture back-projected onto UV, neutral position map, expression map) cost
 a head-model evaluation and a rasterisation per frame; they are computed once and stored under
 ``<root>/.uv_cache/<hash>/`` where ``<hash>`` is :func:`avatar_lightning.io.config_hash` of every
-setting that changes them (map size, head model, coefficient counts, texture views, ...). A changed
-setting gives a new folder, so a stale map is never read; ``config.json`` in it says what it holds.
+setting that changes them (map size, head model and its file's content, coefficient counts,
+texture views, ...); ``config.json`` in it says what it holds. Each entry's key carries a
+:func:`avatar_lightning.fingerprint.content_key` of what it was derived from (parameters, cameras,
+files), so a changed setting or a changed source gives a new name and a stale entry is never read.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ face-recognition quality.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -22,16 +23,52 @@ def tiny_net(seed: int = 0) -> IResNet:
     return IResNet(layers=(1, 1, 1, 1), widths=(8, 16, 16, 32), num_features=32, input_size=32).eval()
 
 
-@pytest.mark.parametrize(("arch", "n_params", "n_keys"), [("iresnet50", 43_590_848, 475),
-                                                          ("iresnet100", 65_156_160, 925)])
-def test_published_layouts_match_insightface_sizes(arch: str, n_params: int, n_keys: int) -> None:
-    # insightface's model zoo lists r50 = 43.59 M and r100 = 65.16 M parameters.
+def insightface_state_shapes(layers: tuple[int, int, int, int], features: int = 512) -> dict[str, tuple]:
+    """Names and shapes of insightface's ``arcface_torch/backbones/iresnet.py`` state dict, written
+    from its layer description (not from our module): stem conv3x3 3->64, BN, PReLU; four stages of
+    IBasicBlock (BN, conv3x3, BN, PReLU, conv3x3 with the stage's stride 2 on the first block, BN;
+    a conv1x1 + BN shortcut on each stage's first block); BN2d, FC from 512·7·7, BN1d."""
+    shapes: dict[str, tuple] = {}
+
+    def bn(name: str, c: int) -> None:
+        shapes.update({f"{name}.weight": (c,), f"{name}.bias": (c,), f"{name}.running_mean": (c,),
+                       f"{name}.running_var": (c,), f"{name}.num_batches_tracked": ()})
+
+    shapes["conv1.weight"] = (64, 3, 3, 3)
+    bn("bn1", 64)
+    shapes["prelu.weight"] = (64,)
+    inplanes = 64
+    for stage, (blocks, planes) in enumerate(zip(layers, (64, 128, 256, 512), strict=True), start=1):
+        for i in range(blocks):
+            p = f"layer{stage}.{i}"
+            bn(f"{p}.bn1", inplanes)
+            shapes[f"{p}.conv1.weight"] = (planes, inplanes, 3, 3)
+            bn(f"{p}.bn2", planes)
+            shapes[f"{p}.prelu.weight"] = (planes,)
+            shapes[f"{p}.conv2.weight"] = (planes, planes, 3, 3)
+            bn(f"{p}.bn3", planes)
+            if i == 0:  # stride 2 on every stage's first block
+                shapes[f"{p}.downsample.0.weight"] = (planes, inplanes, 1, 1)
+                bn(f"{p}.downsample.1", planes)
+            inplanes = planes
+    bn("bn2", 512)
+    shapes["fc.weight"], shapes["fc.bias"] = (features, 512 * 7 * 7), (features,)
+    bn("features", features)
+    return shapes
+
+
+@pytest.mark.parametrize(("arch", "layers", "millions"), [("iresnet50", (3, 4, 14, 3), 43.59),
+                                                          ("iresnet100", (3, 13, 30, 3), 65.16)])
+def test_published_layouts_match_insightface(arch: str, layers: tuple, millions: float) -> None:
+    """Every name and shape of an insightface checkpoint, and the zoo's parameter counts
+    (r50 = 43.59 M, r100 = 65.16 M), so real checkpoints load strictly."""
     net = iresnet(arch)
-    assert sum(p.numel() for p in net.parameters()) == n_params
-    state = net.state_dict()
-    assert len(state) == n_keys
-    assert state["fc.weight"].shape == (512, 512 * 7 * 7)
-    assert "layer1.0.downsample.0.weight" in state and "features.running_var" in state
+    reference = insightface_state_shapes(layers)
+    assert {k: tuple(v.shape) for k, v in net.state_dict().items()} == reference
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    n_reference = sum(math.prod(s) for k, s in reference.items() if not k.endswith(buffers))
+    assert sum(p.numel() for p in net.parameters()) == n_reference
+    assert round(n_reference / 1e6, 2) == millions
     assert not net.features.weight.requires_grad
 
 

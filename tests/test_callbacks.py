@@ -100,10 +100,17 @@ def test_line_plot_draws_each_series_where_its_data_is() -> None:
     assert ys.size and np.ptp(ys) <= 2, "the flat series is one horizontal line at the bottom"
 
 
-def test_error_map_zero_for_equal_images() -> None:
-    x = torch.rand(2, 3, 4, 4)
-    assert error_map(x, x).eq(0).all()
-    assert error_map(x, 1 - x).shape == (2, 3, 4, 4)
+def test_error_map_is_the_channel_mean_l1_on_a_black_red_yellow_ramp() -> None:
+    target = torch.rand(2, 3, 1, 5)
+    # per-pixel |pred - target| per channel; mean over channels 0, 0.05, 0.1, 0.1875, 0.5
+    diff = torch.tensor([[0.0, 0.0, 0.0], [0.15, 0.0, 0.0], [0.1, -0.2, 0.0], [0.0, 0.0, -0.5625], [0.5, 0.5, 0.5]])
+    pred = target + diff.T.reshape(1, 3, 1, 5)
+    rgb = error_map(pred, target, vmax=0.25)
+    assert rgb.shape == (2, 3, 1, 5)
+    e = torch.tensor([0.0, 0.2, 0.4, 0.75, 1.0])  # mean error / vmax, clamped to 1
+    expected = torch.stack([(2 * e).clamp(max=1), (2 * e - 1).clamp(min=0), torch.zeros(5)]).reshape(3, 1, 5)
+    torch.testing.assert_close(rgb, expected.expand(2, 3, 1, 5))
+    torch.testing.assert_close(error_map(pred, target, vmax=0.5)[0, :, 0, 3], torch.tensor([0.75, 0.0, 0.0]))
 
 
 class ImagingModule(DummyRegression):
@@ -118,15 +125,46 @@ def test_image_logger_writes_tensorboard_and_png(tmp_path: Path) -> None:
                       enable_checkpointing=False, enable_progress_bar=False, callbacks=[cb],
                       default_root_dir=tmp_path, num_sanity_val_steps=0)
     trainer.fit(ImagingModule(), DummyData(n=16, batch_size=4))
-    tags = {t for t, _ in cb.logged}
-    assert tags == {"val/ramp", "train/ramp"}
-    assert sum(t == "val/ramp" for t, _ in cb.logged) == 2
+    assert [s for t, s in cb.logged if t == "train/ramp"] == [3, 6]  # 8 optimiser steps, every 3rd
+    assert [s for t, s in cb.logged if t == "val/ramp"] == [4, 8]  # end of each epoch of 4 steps
     assert list((tmp_path / "tb").rglob("events.out.tfevents*"))
     pngs = sorted((tmp_path / "img" / "val").glob("ramp_*.png"))
     assert pngs
     from avatar_lightning.io import load_image
 
     assert load_image(pngs[0]).shape[-1] == 2 * (4 + 2) + 2  # 2 columns of 4-px tiles, 2-px padding
+
+
+class BatchRecorder(DummyRegression):
+    """Remembers at which optimiser step it was asked for images, and of which batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[tuple[int, float]] = []
+
+    def log_images(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x, _ = batch
+        self.asked.append((self.global_step, x[0, 0].item()))
+        return {"x": ((x.view(-1, 1, 1, 1) + 1) / 2).expand(-1, 3, 2, 2)}
+
+
+@pytest.mark.parametrize("accumulate, every, max_steps", [(1, 2, 7), (4, 2, 8), (3, 3, 10)])
+def test_image_logger_logs_once_per_optimiser_step(tmp_path: Path, accumulate: int, every: int,
+                                                   max_steps: int) -> None:
+    """Under gradient accumulation one optimiser step spans ``accumulate`` micro-batches: log once,
+    on the micro-batch that completes a step that is a multiple of ``every`` (bugs/image_logger_accumulation.py)."""
+    cb = ImageLogger(every_n_epochs=0, every_n_steps=every)
+    module = BatchRecorder()
+    trainer = Trainer(max_steps=max_steps, accumulate_grad_batches=accumulate, callbacks=[cb], logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      default_root_dir=tmp_path, limit_val_batches=0)
+    trainer.fit(module, DummyData(n=64, batch_size=2))  # one epoch of 32 micro-batches holds every step
+    steps = list(range(every, max_steps + 1, every))
+    assert trainer.global_step == max_steps
+    assert cb.logged == [("train/x", s) for s in steps]
+    xs = torch.linspace(-1, 1, 64)
+    # the micro-batch that completes step s is number s * accumulate - 1, whose first x is xs[2 * that]
+    assert module.asked == [(s, pytest.approx(xs[2 * (s * accumulate - 1)].item())) for s in steps]
 
 
 def test_image_logger_requires_log_images(tmp_path: Path) -> None:

@@ -207,3 +207,76 @@ def test_tracker_offset_matches_flashavatar_numbering(actor, head, tmp_path):
     dm.setup("fit")
     for s in dm.splits["train"]:
         torch.testing.assert_close(s.flame.pose, truth.pose[s.frame], atol=1e-5, rtol=0)
+
+
+def test_opengl_extrinsics_are_refused_naming_the_convention(actor, head, tmp_path):
+    root, _ = actor
+    gl = copy_actor(root, tmp_path / "gl")
+    meta = json.loads((gl / "actor/transforms.json").read_text())
+    for frame in meta["frames"]:  # what a NeRF-style (OpenGL) export of the same cameras would hold
+        frame["transform_matrix"] = (torch.tensor(frame["transform_matrix"], dtype=torch.float64)
+                                     @ torch.diag(torch.tensor([1.0, -1, -1, 1], dtype=torch.float64))).tolist()
+    (gl / "actor/transforms.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"gl/actor/transforms.json: the tracked head is behind or off the image of "
+                                         r"camera\(s\) \[0\] in every frame\. transform_matrix must be camera-to-world "
+                                         r"in the OpenCV convention.*read as OpenGL .* instead, the head is in front"):
+        make(gl, head, tracker=False)
+    make(root, head, tracker=False)  # the published layout passes
+
+
+def test_actors_at_different_resolutions_share_one_size(actor, head, tmp_path):
+    """Two actors, 64 px and 96 px, as many frames each: the larger size wins, K follows each image."""
+    root, _ = actor
+    big = tmp_path / "big"
+    build_insta_fixture(big / "actor", head, n_frames=N_FRAMES, size=96, seed=1, tracker_dir=big / "tracker")
+    dm = INSTADataModule([str(root / "actor"), str(big / "actor")],
+                         tracker_dirs=[str(root / "tracker"), str(big / "tracker")], n_test=N_TEST, n_val=N_VAL,
+                         n_shape=head.n_shape, n_expr=head.n_expr, batch_size=2 * N_FRAMES)
+    dm.setup("fit")
+    assert dm.image_size == (96, 96)
+    batch = next(iter(dm.test_dataloader()))  # both actors in one batch
+    assert batch["image"].shape == (2 * N_TEST, 1, 3, 96, 96) and set(batch["identity"].tolist()) == {0, 1}
+    for k in range(2 * N_TEST):
+        hard = (batch["mask"][k, 0, 0] > 0.49).float()
+        assert fraction_inside(posed(head, batch, k), batch["K"][k, 0], batch["world_to_cam"][k, 0], hard) > 0.95
+
+
+def test_image_size_is_checked_against_the_metadata_at_setup(actor, head, tmp_path):
+    lying = copy_actor(actor[0], tmp_path / "lying")
+    meta = json.loads((lying / "actor/transforms.json").read_text())
+    meta["w"] = 80
+    (lying / "actor/transforms.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"images/\d+.png is 64x64 but its metadata says 80x64"):
+        make(lying, head)
+
+
+def test_mesh_fit_cache_is_keyed_by_the_content_it_was_fitted_to(actor, head, tmp_path, monkeypatch):
+    """Same settings, changed meshes / expressions / FLAME file: fitted again; unchanged: read back."""
+    import data_modules.insta_meshfit as meshfit
+
+    root = copy_actor(actor[0], tmp_path / "copy") / "actor"
+    shutil.copytree(fixture_flame_path().parent, tmp_path / "flame")
+    flame = tmp_path / "flame" / fixture_flame_path().name
+    fitted = []
+
+    def fake_fit(head, meshes, expr, **kwargs):
+        fitted.append(float(meshes.sum() + expr.sum()))
+        return meshfit.MeshFit(torch.zeros(head.n_shape), torch.zeros(len(meshes), 5, 3), fitted[-1])
+
+    monkeypatch.setattr(meshfit, "fit_meshes", fake_fit)
+    paths = sorted((root / "meshes").glob("*.obj"))
+    expr = torch.zeros(len(paths), head.n_expr)
+
+    def rmse(e: torch.Tensor = expr) -> float:
+        return meshfit.cached_mesh_fit(root, head, str(flame), paths, e).rmse
+
+    assert rmse() == rmse() == fitted[0] and len(fitted) == 1
+    lines = paths[3].read_text().splitlines()
+    x, y, z = map(float, lines[0].split()[1:])
+    paths[3].write_text("\n".join([f"v {x + 0.5:.6f} {y:.6f} {z:.6f}"] + lines[1:]) + "\n")  # re-tracked frame
+    assert rmse() == pytest.approx(fitted[0] + 0.5) and len(fitted) == 2
+    assert rmse(expr + 1) == pytest.approx(fitted[1] + expr.numel()) and len(fitted) == 3
+    with open(flame, "ab") as f:  # the FLAME file at the same path changed (pickle ignores trailing bytes)
+        f.write(b"\n")
+    rmse()
+    assert len(fitted) == 4

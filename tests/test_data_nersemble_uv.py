@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from avatar_lightning.batch import validate_batch
 from avatar_lightning.head.uv import position_map, uv_rasterize
+from avatar_lightning.io import save_image
 from data_modules import INSTADataModule, NeRSembleDataModule
 from data_modules.uv_cache import CACHE_DIR, UVCache
 from tests.real_fixtures import build_insta_fixture, build_vhap_fixture, fixture_flame_path, fixture_head
@@ -105,3 +109,47 @@ def test_insta_uv_inputs(tmp_path):
     validate_batch(batch, require_uv=True)
     assert_texture_is_the_head(batch)
     assert (tmp_path / "actor" / CACHE_DIR).is_dir()
+
+
+def computed(caplog) -> int:
+    """How many UV-input files were computed since ``caplog.clear()`` (from the summary lines)."""
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("UV inputs")]
+    return sum(int(line.split(": ")[1].split(" computed")[0]) for line in lines)
+
+
+def test_changed_sources_with_the_same_settings_are_recomputed(export, tmp_path, caplog):
+    """The cache is keyed by what the maps come from: a re-tracked frame, a replaced image, a
+    replaced FLAME file (same path, same settings) each give new maps; unchanged data none."""
+    root = tmp_path / "seq"
+    shutil.copytree(export, root)
+    shutil.copytree(fixture_flame_path().parent, tmp_path / "flame")  # the model and its UV template
+    flame = tmp_path / "flame" / fixture_flame_path().name
+    head = fixture_head()
+
+    def build():
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger=RANK_ZERO):
+            dm = NeRSembleDataModule([str(root)], n_shape=head.n_shape, n_expr=head.n_expr, train_ratio=0.5,
+                                     uv_size=16, head_model=str(flame), texture_cameras=[8], batch_size=2)
+            dm.setup("fit")
+        items = {int(s.local_frame): dm.datasets["train"][i] for i, s in enumerate(dm.splits["train"])}
+        return computed(caplog), {t: {k: v for k, v in x.items() if k.startswith("uv_")} for t, x in items.items()}
+
+    n, first = build()
+    assert n == 4 and build()[0] == 0  # frames 0, 1 (train, val) and 2, 3 (test), from camera 8
+    with np.load(root / "flame_param/00001.npz") as npz:
+        params = dict(npz)
+    params["expr"] = params["expr"] + 0.5  # the frame was re-tracked
+    np.savez(root / "flame_param/00001.npz", **params)
+    n, second = build()
+    assert n == 1
+    assert not torch.equal(second[1]["uv_expression"], first[1]["uv_expression"])
+    torch.testing.assert_close(second[0], first[0])
+    image = np.array(Image.open(root / "images/00000_08.png"))
+    image[..., 1] = 0  # the texture view was replaced: no green
+    save_image(root / "images/00000_08.png", image)
+    n, third = build()
+    assert n == 1 and not torch.equal(third[0]["uv_texture"], first[0]["uv_texture"])
+    with open(flame, "ab") as f:  # the FLAME file at the same path changed (pickle ignores trailing bytes)
+        f.write(b"\n")
+    assert build()[0] == 4

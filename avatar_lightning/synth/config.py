@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from avatar_lightning.fingerprint import head_model_digest
 from avatar_lightning.io import config_hash, write_json
 from avatar_lightning.synth.layout import FORMAT, FORMAT_VERSION, MANIFEST
 
@@ -67,8 +68,14 @@ class GeneratorConfig:
         return dataclasses.replace(self, surface_points=surface, hair_density=density)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON form, including the generator version (so a code change invalidates old caches)."""
-        return {**dataclasses.asdict(self.resolved()), "generator_version": GENERATOR_VERSION}
+        """JSON form, including the generator version (so a code change invalidates old caches) and
+        the head model file's content (so a FLAME file replaced at the same path does too).
+
+        Raises:
+            FileNotFoundError: naming ``head_model`` when it is a path to no file.
+        """
+        return {**dataclasses.asdict(self.resolved()), "generator_version": GENERATOR_VERSION,
+                "head_model_digest": head_model_digest(self.head_model)}
 
     def hash(self) -> str:
         """Stable hash of :meth:`to_dict`; the DataModule keys its dataset folder by it."""

@@ -4,8 +4,10 @@ Per identity (SynShot §3.4: "Using a neutral mesh and its hair proxy, we backpr
 onto the texture map"): ``uv_texture`` back-projected from the neutral sample's views,
 ``uv_position`` (neutral identity, x_verts) and one ``uv_expression`` map (x_exp) per expression.
 For held-out identities, also ``fewshot_texture``: back-projected from the few-shot input views
-only, as the inversion must do at test time. The cache folder is keyed by the map size and the
-few-shot cameras; it lives inside the dataset folder, which is itself keyed by the generator config.
+only, as the inversion must do at test time. The cache folder is keyed by the map size, the
+few-shot cameras and the dataset's ``content_hash`` (its manifest's digest of every generated
+file), so a dataset regenerated in place with other content gets new maps; it lives inside the
+dataset folder, which is itself keyed by the generator config and the head model file's content.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from tqdm import tqdm
 
 from avatar_lightning.io import config_hash, load_image, torch_save
 from avatar_lightning.synth import layout
-from avatar_lightning.synth.config import GeneratorConfig
+from avatar_lightning.synth.config import GeneratorConfig, read_manifest
 from avatar_lightning.synth.rig import Rig
 
 #: Bumped when the cached content changes for the same inputs.
@@ -39,7 +41,9 @@ class UVCache:
     def __init__(self, root: Path, config: GeneratorConfig, rig: Rig, size: int, fewshot_cameras: list[int]) -> None:
         self.root, self.config, self.rig, self.size = Path(root), config, rig, size
         self.fewshot_cameras = list(fewshot_cameras)
-        key = config_hash({"size": size, "fewshot": self.fewshot_cameras, "version": UV_CACHE_VERSION})
+        manifest = read_manifest(self.root) or {}
+        key = config_hash({"size": size, "fewshot": self.fewshot_cameras, "version": UV_CACHE_VERSION,
+                           "content": manifest.get("content_hash")})
         self.folder = self.root / f"uv_cache_{key}"
         self._head = None
         self._memory: dict[int, dict[str, Tensor]] = {}
