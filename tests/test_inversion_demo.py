@@ -6,17 +6,31 @@ import numpy as np
 import pytest
 import torch
 
-from avatar_lightning.demo import Fit, loss_curves, markdown_table, most_frontal_view, side_by_side, summarize
+from avatar_lightning.demo import (
+    Fit,
+    loss_curves,
+    markdown_table,
+    most_frontal_view,
+    parse_noise,
+    side_by_side,
+    summarize,
+    winner,
+)
 from avatar_lightning.render import look_at
+
+SPLIT_OFFSETS = {"novel_view_near": 0.0, "novel_view_side": -2.0, "novel_view_far": -4.0, "novel_expression": -1.0}
 
 
 def fits() -> list[Fit]:
     out = []
     for identity, (inv, base) in enumerate([(25.0, 20.0), (27.0, 21.0)]):
         for method, psnr in (("inversion", inv), ("baseline", base)):
-            metrics = {"novel_view": {"psnr": psnr, "ssim": 0.9}, "novel_expression": {"psnr": psnr - 1, "ssim": 0.8}}
+            metrics = {s: {"psnr": psnr + off, "ssim": 0.9, "lpips": 0.1 + 0.01 * identity, "id": 0.5,
+                           "psnr_full": psnr + 10} for s, off in SPLIT_OFFSETS.items()}
+            metrics["novel_view"] = metrics["novel_view_near"]
             losses = [(0, 1, 0.5 + identity), (1, 1, 0.4), (2, 2, 0.3 + identity), (3, 2, 0.2)]
-            f = Fit(method, identity, metrics, 1.0, losses=losses)
+            f = Fit(method, identity, metrics, 1.0, steps=100 + identity, stop_kind="plateau", stop_reason="EMA",
+                    losses=losses)
             for split in ("novel_view", "novel_expression"):
                 f.renders[split] = torch.full((3, 8, 8), 0.2)
                 f.targets[split] = torch.full((3, 8, 8), 0.8)
@@ -24,13 +38,42 @@ def fits() -> list[Fit]:
     return out
 
 
-def test_summary_and_table() -> None:
+def test_summary_is_mean_and_std_over_identities_with_a_paired_delta() -> None:
     summary = summarize(fits())
-    assert summary["inversion"]["novel_view/psnr"] == pytest.approx(26.0)
-    assert summary["baseline"]["novel_expression/psnr"] == pytest.approx(19.5)
+    far = summary["inversion"]["novel_view_far/psnr"]
+    assert far["mean"] == pytest.approx(22.0) and far["std"] == pytest.approx(np.std([21, 23], ddof=1))
+    assert summary["baseline"]["novel_expression/psnr"]["mean"] == pytest.approx(19.5)
+    delta = summary["delta"]["novel_view_near/psnr"]  # per identity: 5 and 6
+    assert delta["mean"] == pytest.approx(5.5) and delta["std"] == pytest.approx(np.std([5, 6], ddof=1))
+    assert summary["delta"]["novel_view_near/lpips"]["mean"] == pytest.approx(0.0)
+
+
+def test_table_rows_winners_and_cap_flags() -> None:
     table = markdown_table(fits(), [0, 1])
-    assert "| SynShot inversion (prior) | 26.00 | 0.9000 | 25.00 | 0.8000 |" in table
-    assert "+5.50 dB" in table and "[0, 1]" in table
+    assert "| novel_view_far | SynShot inversion (prior) | 22.00 ± 1.41 | 0.900 ± 0.000 | 0.105 ± 0.007 |" in table
+    assert "5.50 ± 0.71 (inversion)" in table  # PSNR Δ beyond its spread
+    assert "0.000 ± 0.000 (tie)" in table
+    assert "No fit reached its cap" in table and "[0, 1]" in table
+    capped = fits()
+    capped[1].stop_kind, capped[1].steps = "budget", 900
+    assert "**Stopped by a cap, not converged: baseline/0 (budget, 900 steps).**" in markdown_table(capped, [0, 1])
+    assert winner({"mean": -0.2, "std": 0.1}, "lpips") == "inversion"  # lower LPIPS is better
+    assert winner({"mean": -0.2, "std": 0.1}, "psnr") == "baseline"
+
+
+def test_fit_record_has_the_issue_format() -> None:
+    rec = fits()[0].record()
+    assert set(rec) >= {"method", "identity", "steps", "stop_reason", "seconds", "metrics"}
+    assert set(rec["metrics"]) >= set(SPLIT_OFFSETS) and set(rec["metrics"]["novel_view_far"]) == {
+        "psnr", "ssim", "lpips", "id"}
+    assert rec["stop_reason"].startswith("plateau") and rec["capped"] is False
+
+
+def test_parse_noise() -> None:
+    assert parse_noise("shape=0.3,pose=0.02") == {"shape": 0.3, "pose": 0.02}
+    assert parse_noise(None) is None
+    with pytest.raises(ValueError, match="key=value"):
+        parse_noise("shape")
 
 
 def test_figures() -> None:

@@ -265,3 +265,23 @@ def test_unexpected_op(tmp_path, net: SFace, index: int, op: str) -> None:
     onnx.save(model, str(path))
     with pytest.raises(ValueError, match=rf"edited\.onnx.*{op}"):
         load_sface(path)
+
+
+def test_sface_identity_loss_features_and_gradients() -> None:
+    from avatar_lightning.losses.identity import SFaceIdentityLoss
+
+    loss = SFaceIdentityLoss()
+    net = loss._similarity[0].net
+    x = torch.rand(2, 3, 112, 112, generator=torch.Generator().manual_seed(3))
+    emb, feats = net.forward_features(x)
+    torch.testing.assert_close(emb, net(x))  # the tapped pass is the same network
+    assert [f.shape[-1] for f in feats] == [56, 28, 14, 7]  # one activation per resolution stage
+    assert loss.state_dict() == {}  # the shared network stays out of inversion checkpoints
+    target = torch.rand(2, 3, 40, 40, generator=torch.Generator().manual_seed(4))
+    same = loss(target, target, torch.ones(2, 1, 40, 40))
+    assert float(same.id) == pytest.approx(0.0, abs=1e-5) and float(same.arc) == pytest.approx(0.0, abs=1e-8)
+    render = torch.rand(2, 3, 40, 40, requires_grad=True)
+    out = loss(render, target, torch.ones(2, 1, 40, 40))
+    assert float(out.id) > 0.05 and float(out.arc) > 0
+    (out.id + out.arc).backward()
+    assert render.grad is not None and render.grad.abs().sum() > 0

@@ -34,7 +34,7 @@ from avatar_lightning.lit.avatar_common import AvatarCheckpointMixin, AvatarEval
 from avatar_lightning.lit.render_step import MeshBinding, render_batch
 from avatar_lightning.lit.synshot_prior import SynShotPrior
 from avatar_lightning.losses import PhotometricLoss
-from avatar_lightning.losses.identity import IdentityLoss
+from avatar_lightning.losses.identity import IdentityLoss, SFaceIdentityLoss
 from avatar_lightning.models.synshot import SynShotNet
 from avatar_lightning.render import Gaussians
 
@@ -88,8 +88,10 @@ class SynShotInversion(AvatarCheckpointMixin, AvatarEvalMixin, LightningModule):
         l1_weight: α of L_color (Eq. 5).
         ssim_weight: β of L_color.
         lpips_weight: γ of L_color (SynShot's "VGG" term); > 0 needs the ``lpips`` package and weights.
-        id_weight: weight of L_id (ArcFace cosine, Table 2); > 0 needs ``arcface_checkpoint``.
-        arc_weight: weight of L_arc (ArcFace features, Table 2); > 0 needs ``arcface_checkpoint``.
+        id_weight: weight of L_id (face-embedding cosine, Table 2).
+        arc_weight: weight of L_arc (face-network feature distance, Table 2).
+        identity_net: network of L_id / L_arc: ``"sface"`` (OpenCV Zoo SFace, ships offline; the
+            embedded default) or ``"arcface"`` (the paper's; needs ``arcface_checkpoint``).
         arcface_checkpoint: insightface ``arcface_torch`` ``backbone.pth`` (user-supplied).
         arcface_arch: its backbone (``iresnet50`` / ``iresnet100``).
         reg_weight: multiplier of the prior's Gaussian regularisers (offsets, opacity, SH l ≥ 1).
@@ -105,15 +107,19 @@ class SynShotInversion(AvatarCheckpointMixin, AvatarEvalMixin, LightningModule):
     def __init__(self, prior_checkpoint: str = "latest", runs_dir: str = "runs", stage1_steps_per_frame: int = 10,
                  lr_stage1: float = 1e-4, lr_stage2: float = 1e-4, l1_weight: float = 1.0, ssim_weight: float = 0.2,
                  lpips_weight: float = 0.0, id_weight: float = 0.0, arc_weight: float = 0.0,
-                 arcface_checkpoint: str | None = None, arcface_arch: str = "iresnet100", reg_weight: float = 1.0,
+                 identity_net: str = "sface", arcface_checkpoint: str | None = None,
+                 arcface_arch: str = "iresnet100", reg_weight: float = 1.0,
                  output_dir: str | None = None, turntable_frames: int = 60, expression_steps: int = 12,
                  fps: float = 25.0, render_backend: str = "auto", prior_hparams: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.photometric = PhotometricLoss(l1_weight, ssim_weight, lpips_weight)
         self.identity_loss = None
+        if identity_net not in ("sface", "arcface"):
+            raise ValueError(f"SynShotInversion.identity_net must be 'sface' or 'arcface', got {identity_net!r}")
         if id_weight > 0 or arc_weight > 0:
-            self.identity_loss = IdentityLoss(arcface_checkpoint, arch=arcface_arch)
+            self.identity_loss = (SFaceIdentityLoss() if identity_net == "sface"
+                                  else IdentityLoss(arcface_checkpoint, arch=arcface_arch))
         self.eval_scores = eval_metrics()
         self.n_input_frames = 0
         self.inputs: dict[str, Tensor] | None = None

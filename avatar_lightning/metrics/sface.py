@@ -137,6 +137,28 @@ class SFace(nn.Module):
         """The ONNX graph itself: ``data [B, 3, 112, 112]`` RGB 0..255 float -> ``fc1 [B, 128]``."""
         return self.layers(data)
 
+    def forward_features(self, images: Tensor, taps: int = 4) -> tuple[Tensor, list[Tensor]]:
+        """Embedding and intermediate activations (for a GANFit-style feature loss, SynShot's L_arc).
+
+        Args:
+            images: as :meth:`forward`.
+            taps: how many activations to return: the last 4D output before each of the network's
+                last ``taps`` spatial down-samplings and the final 4D output (deepest last).
+
+        Returns:
+            ``([B, 128], [feature [B, C, h, w], ...])``.
+        """
+        if images.ndim != 4 or tuple(images.shape[1:]) != (3, SFACE_SIZE, SFACE_SIZE):
+            raise ValueError(f"SFace expects images [B, 3, {SFACE_SIZE}, {SFACE_SIZE}], got {list(images.shape)}")
+        x, stage_ends, last4d = images * 255.0, [], None
+        for layer in self.layers:
+            y = layer(x)
+            if last4d is not None and (y.ndim != 4 or y.shape[-1] != last4d.shape[-1]):
+                stage_ends.append(last4d)  # the resolution changes (or the map is flattened) after this
+            last4d = y if y.ndim == 4 else None
+            x = y
+        return x, stage_ends[-taps:]
+
     def forward(self, images: Tensor) -> Tensor:
         """Raw (unnormalised) embeddings of aligned faces.
 
