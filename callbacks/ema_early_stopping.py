@@ -8,8 +8,10 @@ same EMA.
 A non-finite loss (NaN / inf) stops the run at the step that produced it, before the optimiser
 applies its gradients (they are dropped), with ``stop_kind = "non_finite"``: the EMA must not read
 a divergence as a plateau (the fault kind of Lightning's ``EarlyStopping(check_finite=True)``).
-Why a run ended is kept in ``stop_kind`` (``"plateau"``, ``"budget"``, ``"non_finite"`` or
-``None`` while running / when the trainer's own ``max_steps`` ended it) and ``reason`` (a sentence).
+Under gradient accumulation the EMA advances once per optimiser step (the loss of the micro-batch
+that completed it), not once per micro-batch. Why a run ended is kept in ``stop_kind``
+(``"plateau"``, ``"budget"``, ``"non_finite"`` or ``None`` while running / when the trainer's own
+``max_steps`` ended it) and ``reason`` (a sentence).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class EMAEarlyStopping(Callback):
         self.reason = ""
         self.stop_kind: str | None = None
         self._drop_gradients = False
+        self._last_step: int | None = None  # the optimiser step last fed to the EMA
 
     def update(self, value: float, step: int, min_steps: int = 0) -> bool:
         """Feed one loss value at optimiser step ``step``; returns True when training should stop.
@@ -83,6 +86,9 @@ class EMAEarlyStopping(Callback):
         self.stop_kind, self.stopped_step = "non_finite", step
         trainer.should_stop = True
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._last_step = trainer.global_step  # steps before this point (a resumed run's) were fed already
+
     def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: Any) -> None:
         value = float(loss.detach())
         if not math.isfinite(value):
@@ -103,6 +109,9 @@ class EMAEarlyStopping(Callback):
                 f"EMAEarlyStopping: '{self.monitor}' was not logged; logged keys: {sorted(trainer.callback_metrics)}"
             )
         step = trainer.global_step
+        if step == self._last_step and self.stop_kind != "non_finite":
+            return  # a micro-batch of gradient accumulation: no optimiser step happened, nothing to decide
+        self._last_step = step
         stop = self.stop_kind == "non_finite"
         if not stop and not math.isfinite(float(value)):
             self._non_finite(trainer, self.monitor, float(value), step - 1)  # logged before the step counted

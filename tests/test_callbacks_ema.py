@@ -76,3 +76,40 @@ def test_stop_kind_round_trips_and_old_state_loads() -> None:
     old = {"ema": 1.0, "best": 1.0, "best_step": 3, "stopped_step": None}  # written before stop_kind existed
     other.load_state_dict(old)
     assert other.stop_kind is None and other.best_step == 3
+
+
+def test_gradient_accumulation_feeds_one_value_per_optimiser_step(tmp_path: Path) -> None:
+    fed: list[int] = []
+
+    class Recording(EMAEarlyStopping):
+        def update(self, value: float, step: int, min_steps: int = 0) -> bool:
+            fed.append(step)
+            return super().update(value, step, min_steps)
+
+    cb = Recording(monitor="train/loss", warmup_steps=1000)
+    trainer = Trainer(max_steps=5, accelerator="cpu", logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, callbacks=[cb],
+                      default_root_dir=tmp_path, limit_val_batches=0, accumulate_grad_batches=4)
+    trainer.fit(DummyRegression(), DummyData(n=64, batch_size=2))
+    assert fed == [1, 2, 3, 4, 5]  # once per optimiser step, not 20 times
+
+
+def test_no_avatar_is_exported_after_a_non_finite_loss(tmp_path: Path) -> None:
+    from avatar_lightning.lit.avatar_common import AvatarCheckpointMixin
+
+    class Exporting(AvatarCheckpointMixin, Diverging):
+        def __init__(self) -> None:
+            super().__init__(at=3)
+            self.save_hyperparameters({"output_dir": str(tmp_path / "avatar")})
+            self.n_input_frames = 1
+
+        def write_outputs(self, out_dir):  # what a real module writes; must not be reached
+            (tmp_path / "avatar").mkdir()
+
+    cb = EMAEarlyStopping(monitor="train/loss", warmup_steps=1)
+    trainer = Trainer(max_steps=50, accelerator="cpu", logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, callbacks=[cb],
+                      default_root_dir=tmp_path, limit_val_batches=0)
+    with pytest.raises(RuntimeError, match="not exporting an avatar.*not finite"):
+        trainer.fit(Exporting(), DummyData(n=64, batch_size=4))
+    assert not (tmp_path / "avatar").exists()
