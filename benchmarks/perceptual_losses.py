@@ -55,11 +55,11 @@ def main() -> None:
         mask = torch.ones(n, 1, side, side)
         for term_name, term in terms.items():
             if term_name.startswith("SFace"):
-                def run(term=term) -> None:
+                def run(term=term, render=render, target=target, mask=mask) -> None:
                     out = term(render, target, mask)
                     (out.id + out.arc).backward()
             else:
-                def run(term=term) -> None:
+                def run(term=term, render=render, target=target) -> None:
                     term(render, target).backward()
             wall = timed(run, args.repeats)
             print(f"{name:30s} {term_name:18s} {wall * 1e3:8.0f} {wall / net_wall:22.2f}")

@@ -4,6 +4,12 @@ Run: ``python benchmarks/prior_step.py`` (``make bench``). Prints one row per co
 parameter count, median wall time and process CPU time of one forward + backward (maps only, no
 rendering) over the repeats, with 1 and 2 intra-op threads. The load average is printed because
 on a shared machine the figures are only meaningful relative to it.
+
+Then the densification of one sample at ``experiments/prior_paper.yaml``'s part grids (face 512²,
+hair 384² on the built-in head: sampling φ, TBN, nearest-neighbour scale, Gaussians), once with the
+all-pairs nearest-neighbour search the prior used before (``nn_radius=None``, O(N²)) and once with
+the part grid's 8-neighbourhood (the default). ``--skip-network`` prints only these rows;
+``--skip-reference`` leaves out the slow all-pairs row.
 """
 
 from __future__ import annotations
@@ -15,8 +21,12 @@ import time
 
 import torch
 import yaml
+from torch import Tensor
 
-from avatar_lightning.models import SynShotNet, sample_uv, texel_grid
+from avatar_lightning.head.model import HeadModel, load_head_model
+from avatar_lightning.head.uv import part_masks, position_map, uv_rasterize
+from avatar_lightning.models import GaussianOffsets, PartPrediction, SynShotNet, sample_uv, texel_grid
+from avatar_lightning.models.densify import PartGrid, part_gaussians, part_grid, sample_part
 
 CASES = {
     "tiny (16², F=8)": {"map_resolution": 16, "latent_resolution": 4, "feature_channels": 8, "channels": 8,
@@ -31,11 +41,16 @@ CASES = {
 }
 
 
-def yaml_net(name: str) -> dict:
-    """The ``model.init_args.net`` block of ``experiments/<name>``."""
+def yaml_model(name: str) -> dict:
+    """The ``model.init_args`` block of ``experiments/<name>``."""
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments", name)
     with open(path) as f:
-        return dict(yaml.safe_load(f)["model"]["init_args"]["net"])
+        return dict(yaml.safe_load(f)["model"]["init_args"])
+
+
+def yaml_net(name: str) -> dict:
+    """The ``model.init_args.net`` block of ``experiments/<name>``."""
+    return dict(yaml_model(name)["net"])
 
 
 def step(net: SynShotNet, batch: int, samples: int) -> None:
@@ -64,12 +79,54 @@ def measure(kwargs: dict, batch: int, samples: int, repeats: int) -> tuple[float
     return statistics.median(walls), statistics.median(cpus)
 
 
+def densify_step(head: HeadModel, grids: dict[str, PartGrid], position: Tensor, nn_radius: int | None) -> int:
+    """Gaussians of every part from a position map with zero regressor offsets; returns N."""
+    n = 0
+    for grid in grids.values():
+        h, w = grid.uv.shape[:2]
+        zero = torch.zeros(position.shape[0], 1, h, w)
+        pred = PartPrediction(sh=zero[:, None].expand(-1, 16, 3, -1, -1), offsets=GaussianOffsets(
+            zero.expand(-1, 3, -1, -1), zero.expand(-1, 4, -1, -1), zero.expand(-1, 3, -1, -1), zero))
+        n += part_gaussians(sample_part(position, grid), pred, grid, nn_radius=nn_radius).num_gaussians
+    return n
+
+
+def densify_rows(skip_reference: bool) -> None:
+    """Wall / CPU seconds of densifying one sample at the paper config's part grids (one thread)."""
+    samples = dict(yaml_model("prior_paper.yaml")["part_samples"])
+    head = load_head_model("builtin")
+    grids = {}
+    for part, size in samples.items():
+        grids[part] = part_grid(part_masks(uv_rasterize(head.uv_coords, head.uv_faces, size), head)[part])
+    raster = uv_rasterize(head.uv_coords, head.uv_faces, 512)
+    verts = head.canonical(torch.zeros(1, head.n_shape), torch.zeros(1, head.n_expr))
+    position = position_map(raster, verts, head.faces)
+    torch.set_num_threads(1)
+    print(f"\ndensification, one sample, part grids {samples} (prior_paper.yaml), 1 thread")
+    print(f"{'nearest neighbour':28s} {'N':>9s} {'wall s':>8s} {'cpu s':>8s}")
+    for name, radius in (("all pairs (before)", None), ("grid 3x3 window (after)", 1)):
+        if radius is None and skip_reference:
+            continue
+        w0, c0 = time.perf_counter(), time.process_time()
+        n = densify_step(head, grids, position, radius)
+        print(f"{name:28s} {n:9d} {time.perf_counter() - w0:8.3f} {time.process_time() - c0:8.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--skip-network", action="store_true", help="only the densification rows")
+    parser.add_argument("--skip-reference", action="store_true", help="leave out the all-pairs densification row")
     args = parser.parse_args()
     print(f"load average {os.getloadavg()[0]:.2f}, torch {torch.__version__}, batch {args.batch}")
+    if not args.skip_network:
+        network_rows(args)
+    densify_rows(args.skip_reference)
+
+
+def network_rows(args: argparse.Namespace) -> None:
+    """One row per network case and thread count."""
     print(f"{'case':28s} {'params':>9s} {'threads':>7s} {'wall s':>8s} {'cpu s':>8s}")
     for name, case in CASES.items():
         kwargs = yaml_net(case) if isinstance(case, str) else case

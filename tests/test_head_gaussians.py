@@ -100,6 +100,21 @@ def test_jaw_rotates_jaw_bound_gaussian_frames(head: HeadModel, binding: Surface
                                atol=1e-6, rtol=0)
 
 
+def test_pose_correctives_bring_vertex_bound_gaussians_onto_the_posed_mesh(head: HeadModel) -> None:
+    """A Gaussian bound at a vertex lands on that vertex of the posed mesh, pose correctives included."""
+    faces = head.faces
+    binding = SurfaceBinding(face=torch.arange(len(faces)), bary=torch.tensor([1.0, 0, 0]).expand(len(faces), 3))
+    z_s, z_e = torch.zeros(1, head.n_shape), 0.5 * torch.ones(1, head.n_expr)
+    canon = _canonical(head, binding, z_s, z_e)
+    pose = torch.zeros(1, 5, 3)
+    pose[0, 1, 1], pose[0, 2, 0] = 0.2, 0.4  # neck turn, jaw open: both have correctives
+    mesh = head(z_s, z_e, pose, torch.tensor([[0.01, 0.02, 0.03]]))
+    assert mesh.pose_offsets.norm(dim=-1).max() > 1e-3  # the correctives are not negligible here
+    posed = pose_gaussians(canon, point_transforms(mesh.vertex_transforms, faces, binding),
+                           surface_points(mesh.pose_offsets, faces, binding))
+    torch.testing.assert_close(posed.means, mesh.vertices[:, faces[:, 0]], atol=1e-6, rtol=0)
+
+
 def test_pose_gaussians_rejects_unbatched(head: HeadModel) -> None:
     g = Gaussians(means=torch.zeros(3, 3), quats=torch.ones(3, 4), scales=torch.ones(3, 3),
                   opacities=torch.ones(3), sh=torch.zeros(3, 1, 3))

@@ -80,6 +80,24 @@ def test_pose_follows_a_rigid_head_motion(head) -> None:
     torch.testing.assert_close(quat_to_rotmat(posed.quats[0]), rot.expand(b.face.shape[0], 3, 3), atol=1e-5, rtol=0)
 
 
+def test_render_batch_poses_gaussians_with_the_mesh_pose_correctives(head, monkeypatch) -> None:
+    """What render_batch rasterises sits on the posed mesh the data was rendered with: Gaussians bound at
+    vertices follow them through a jaw opening, pose correctives included."""
+    from avatar_lightning.lit import render_step
+
+    seen = []
+    monkeypatch.setattr(render_step, "rasterize", lambda g, *a, **k: seen.append(g))
+    batch = tiny_batch(head, b=1)
+    batch["pose"][0, 2, 0] = 0.4  # open the jaw
+    faces = head.faces
+    binding = MeshBinding(face=torch.arange(len(faces)), bary=torch.tensor([1.0, 0, 0]).expand(len(faces), 3))
+    canonical = head.canonical(batch["shape"], batch["expr"])[:, faces[:, 0]]  # each face's first vertex
+    render_batch(batch, _gaussians(canonical), binding, head, backend="torch")
+    mesh = head(batch["shape"], batch["expr"], batch["pose"], batch["translation"])
+    assert mesh.pose_offsets.norm(dim=-1).max() > 1e-3
+    torch.testing.assert_close(seen[0].means, mesh.vertices[:, faces[:, 0]], atol=1e-6, rtol=0)
+
+
 def test_render_batch_shapes(head) -> None:
     batch = tiny_batch(head, b=1)
     b = _binding(head, 8)
@@ -115,6 +133,47 @@ def test_prior_step_shapes_losses_and_gradients(head, prior) -> None:
     for name, module in model.net.paper_modules().items():
         grads = [p.grad for p in module.parameters()]
         assert all(g is not None and torch.isfinite(g).all() for g in grads), name
+
+
+def _with_maps(out, **maps):
+    from dataclasses import replace
+
+    return replace(out, maps=replace(out.maps, **maps))
+
+
+def test_geometry_maps_are_supervised_in_cm_over_the_uv_layout(head, prior) -> None:
+    """Predicting zero geometry is not free (L1 in cm), and texels outside the UV layout do not count."""
+    from avatar_lightning.head.uv import expression_map, position_map
+
+    batch = tiny_batch(head)
+    raster = uv_rasterize(head.uv_coords, head.uv_faces, 16)
+    batch["uv_position"] = position_map(raster, head.canonical(batch["shape"], torch.zeros_like(batch["expr"])),
+                                        head.faces)
+    batch["uv_expression"] = expression_map(head, raster, batch["expr"])
+    with torch.no_grad():
+        out, assembled, render = prior(batch)
+        exact = prior.losses(batch, _with_maps(out, verts=batch["uv_position"], expr=batch["uv_expression"]),
+                             assembled, render)
+        zeros = prior.losses(batch, _with_maps(out, verts=torch.zeros_like(out.maps.verts),
+                                               expr=torch.zeros_like(out.maps.expr)), assembled, render)
+        assert exact["geometry"] == 0
+        # the mean distance of in-layout surface points from the origin, in cm: several cm, not 1e-4
+        inside = raster.valid.expand(2, 3, -1, -1)
+        expected = 100 * batch["uv_position"].abs()[inside].mean() + 100 * batch["uv_expression"].abs()[inside].mean()
+        torch.testing.assert_close(zeros["geometry"], expected)
+        assert zeros["geometry"] > 3.0 and zeros["loss"] - exact["loss"] > 3.0
+        # anything outside the layout, in the prediction or the target, changes no loss term
+        outside = ~raster.valid
+        noisy = {k: batch[k] + 5 * torch.randn_like(batch[k]) * outside for k in ("uv_position", "uv_expression",
+                                                                                   "uv_texture")}
+        pred = _with_maps(out, verts=batch["uv_position"] - 7 * outside, expr=batch["uv_expression"] + 3 * outside,
+                          tex=out.maps.tex + 2 * outside)
+        moved = prior.losses({**batch, **noisy}, pred, assembled, render)
+        same = prior.losses(batch, _with_maps(out, verts=batch["uv_position"], expr=batch["uv_expression"]),
+                            assembled, render)
+    assert moved["geometry"] == 0
+    for key in ("map_tex", "geometry_verts", "geometry_expr"):
+        torch.testing.assert_close(moved[key], same[key], msg=key)
 
 
 def test_prior_log_images(head, prior) -> None:
@@ -153,19 +212,57 @@ def test_turntable_centre_ignores_stray_gaussians(head, prior, monkeypatch) -> N
     torch.testing.assert_close(seen[0], seen[1])
 
 
+def _region_count(head, part: str, size: int) -> int:
+    """Texels of ``part``'s region (``"all"``: the whole UV layout) on a size² raster."""
+    from avatar_lightning.head.uv import part_masks
+
+    raster = uv_rasterize(head.uv_coords, head.uv_faces, size)
+    return int(raster.valid.sum()) if part == "all" else int((part_masks(raster, head)[part] > 0.5).sum())
+
+
 def test_prior_ablations_change_the_gaussian_layout(head) -> None:
+    """Exact counts: each part keeps the texels of its region at its own grid side; the single layer
+    samples the whole layout once at the smaller side (fewer Gaussians, as Table 1 says); "No Sampling"
+    keeps one Gaussian per in-layout texel of the map."""
     parts = _prior()
     assert parts.assembler.parts == ("face", "hair")
     assert parts.assembler.grid("face").uv.shape[:2] == (10, 10) and parts.assembler.grid("hair").uv.shape[:2] == (8, 8)
     n_face, n_hair = (parts.assembler.grid(p).num_gaussians for p in ("face", "hair"))
-    assert 0 < n_hair < 64 and 0 < n_face < 100
+    assert (n_face, n_hair) == (_region_count(head, "face", 10), _region_count(head, "hair", 8))
     single = _prior(net={**TINY_NET, "single_layer": True})
-    assert single.assembler.parts == ("all",) and single.assembler.grid("all").uv.shape[:2] == (10, 10)
-    # one Gaussian per texel of the 16² map that lies inside the UV layout
+    assert single.assembler.parts == ("all",) and single.assembler.grid("all").uv.shape[:2] == (8, 8)
+    assert single.assembler.grid("all").num_gaussians == _region_count(head, "all", 8) < n_face + n_hair
     texel = _prior(net={**TINY_NET, "no_sampling": True})
     grid = texel.assembler.grid("all")
-    assert grid.uv.shape[:2] == (16, 16) and 0 < grid.num_gaussians < 256
+    assert grid.num_gaussians == _region_count(head, "all", 16)
     torch.testing.assert_close(grid.uv, texel_grid(16))
+
+
+@pytest.mark.parametrize("ablation", [{}, {"single_layer": True}])
+def test_gaussian_counts_do_not_depend_on_the_map_resolution(head, ablation) -> None:
+    from avatar_lightning.lit.assemble import GaussianAssembler
+    from avatar_lightning.models import SynShotNet
+
+    parts = SynShotNet(**{**TINY_NET, **ablation}).parts
+    counts = {res: [GaussianAssembler(head, parts, {"face": 64, "hair": 48}, res).grid(p).num_gaussians
+                    for p in parts] for res in (16, 64, 512)}
+    assert counts[16] == counts[64] == counts[512]
+
+
+def test_single_layer_ablation_config_has_fewer_gaussians_than_the_paper_config(head) -> None:
+    """experiments/ablations/single_layer.yaml against prior_paper.yaml, at their own part grids."""
+    from pathlib import Path
+
+    import yaml
+
+    def part_samples(name: str) -> dict[str, int]:
+        with open(Path(__file__).parents[1] / "experiments" / name) as f:
+            return yaml.safe_load(f)["model"]["init_args"]["part_samples"]
+
+    paper, single = part_samples("prior_paper.yaml"), part_samples("ablations/single_layer.yaml")
+    two_layers = sum(_region_count(head, p, size) for p, size in paper.items())
+    assert set(paper) == {"face", "hair"} and set(single) == {"all"}
+    assert _region_count(head, "all", single["all"]) < two_layers
 
 
 def test_prior_step_under_bf16_autocast(head, prior) -> None:
@@ -176,6 +273,39 @@ def test_prior_step_under_bf16_autocast(head, prior) -> None:
     assert out.maps.feat.dtype == torch.bfloat16  # the network did run in bf16
     assert render.rgb.dtype == torch.float32 and torch.isfinite(terms["loss"])
     terms["loss"].backward()
+
+
+def test_assembler_geometry_is_float32_under_bf16_at_a_512_grid(head) -> None:
+    """A bf16 decoder under autocast must give the Gaussians of the same maps in float32: same means,
+    same nearest-neighbour scales, none collapsed to the 1e-5 floor, at the paper's 512² part grid
+    (the scalp part alone: 57k Gaussians, a few seconds on a CPU)."""
+    from types import SimpleNamespace
+
+    from avatar_lightning.head.uv import position_map
+    from avatar_lightning.lit.assemble import GaussianAssembler
+    from avatar_lightning.models import GaussianOffsets, PartPrediction, PriorMaps
+
+    class ZeroRegressors:  # stands in for SynShotNet: zero offsets in bf16, as a zero-initialised R_gauss gives
+        config = SimpleNamespace(color_from_texture=False)
+
+        def regress(self, part, s):
+            z = torch.zeros(s.shape[0], 1, *s.shape[-2:], dtype=torch.bfloat16)
+            return PartPrediction(sh=z[:, None].expand(-1, 1, 3, -1, -1),
+                                  offsets=GaussianOffsets(z.expand(-1, 3, -1, -1), z.expand(-1, 4, -1, -1),
+                                                          z.expand(-1, 3, -1, -1), z))
+
+    raster = uv_rasterize(head.uv_coords, head.uv_faces, 64)
+    verts = head.canonical(torch.zeros(1, head.n_shape), torch.zeros(1, head.n_expr))
+    pos = position_map(raster, verts, head.faces).to(torch.bfloat16)  # what a bf16 D_id hands over
+    maps = PriorMaps(feat=torch.zeros(1, 2, 64, 64, dtype=torch.bfloat16), tex=pos, verts=pos, expr=pos, position=pos)
+    assembler = GaussianAssembler(head, ("hair",), {"hair": 512}, map_resolution=64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = assembler(ZeroRegressors(), maps).gaussians
+    full = assembler(ZeroRegressors(), PriorMaps(*(m.float() for m in vars(maps).values()))).gaussians
+    assert low.num_gaussians > 50_000 and low.means.dtype == torch.float32
+    torch.testing.assert_close(low.means, full.means, atol=1e-7, rtol=0)
+    torch.testing.assert_close(low.scales, full.scales, atol=1e-7, rtol=0)
+    assert (low.scales > 1e-5).all(), "neighbouring samples coincided"
 
 
 def test_color_from_texture_starts_at_the_decoded_texture(head) -> None:

@@ -127,18 +127,27 @@ def test_ablation_feature_channels(f: int) -> None:
 
 
 def test_ablation_single_layer_and_no_sampling_use_one_part() -> None:
-    assert SynShotNet(**TINY).parts == ("face", "hair")
-    assert SynShotNet(**TINY, single_layer=True).parts == ("all",)
-    net = SynShotNet(**TINY, no_sampling=True)
-    assert net.parts == ("all",) and net.no_sampling
-    assert list(net.regressors) == ["all"]
+    """One joint part: one pair of regressors, exactly the two-part network less one part's."""
+    def count(net: SynShotNet) -> int:
+        return sum(p.numel() for p in net.parameters())
+
+    two = SynShotNet(**TINY)
+    assert two.parts == ("face", "hair")
+    per_part = sum(p.numel() for p in two.regressors["hair"].parameters())
+    for flag in ("single_layer", "no_sampling"):
+        net = SynShotNet(**TINY, **{flag: True})
+        assert net.parts == ("all",) and list(net.regressors) == ["all"], flag
+        assert count(net) == count(two) - per_part, flag
+    assert SynShotNet(**TINY, no_sampling=True).no_sampling and not SynShotNet(**TINY, single_layer=True).no_sampling
 
 
 def test_ablation_tex_upsampling_halves_the_feature_map() -> None:
+    """x̂_feat at H/2, and sampling it on an H² texel grid is its bilinear up-sampling (Table 1)."""
     net = SynShotNet(**TINY, tex_upsampling=True)
     out = net(*_maps())
     assert out.maps.feat.shape[-2:] == (8, 8) and out.maps.tex.shape[-2:] == (16, 16)
-    assert sample_uv(out.maps.feat, texel_grid(16)).shape[-2:] == (16, 16)
+    upsampled = torch.nn.functional.interpolate(out.maps.feat, scale_factor=2, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(sample_uv(out.maps.feat, texel_grid(16)), upsampled)
 
 
 def test_ablation_without_vq() -> None:

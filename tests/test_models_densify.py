@@ -10,6 +10,7 @@ import torch
 from avatar_lightning.models import GaussianOffsets, PartPrediction
 from avatar_lightning.models.densify import (
     axis_angle_to_quat,
+    grid_nearest_neighbor_distance,
     nearest_neighbor_distance,
     part_gaussians,
     part_grid,
@@ -72,6 +73,32 @@ def test_nearest_neighbor_distance_matches_brute_force() -> None:
     pts = torch.randn(2, 37, 3)
     d = torch.cdist(pts, pts) + torch.eye(37) * 1e9
     torch.testing.assert_close(nearest_neighbor_distance(pts, chunk=5), d.min(-1).values)
+
+
+def _bumpy_surface(n: int) -> torch.Tensor:
+    """[1, 3, n, n] a smooth, curved, anisotropically sampled surface (a head-sized patch, metres)."""
+    t = torch.linspace(-1, 1, n)
+    vv, uu = torch.meshgrid(-t, t, indexing="ij")
+    phi = torch.stack([0.12 * uu, 0.07 * vv + 0.01 * uu, 0.03 * torch.sin(2 * uu) * torch.cos(3 * vv)], dim=0)
+    return phi[None]
+
+
+@pytest.mark.parametrize("radius", [1, 2])
+def test_grid_nearest_neighbor_matches_the_all_pairs_reference(radius: int) -> None:
+    phi = _bumpy_surface(24).expand(2, -1, -1, -1) * torch.tensor([1.0, 1.3]).view(2, 1, 1, 1)
+    i, j = torch.meshgrid(torch.arange(24.0), torch.arange(24.0), indexing="ij")
+    valid = (i - 13) ** 2 / 90 + (j - 12) ** 2 / 60 < 1  # a region as part masks are: one blob
+    valid[1, 2] = True  # and an isolated texel: its nearest point lies outside any window
+    points = phi.permute(0, 2, 3, 1)[:, valid]
+    reference = nearest_neighbor_distance(points)
+    torch.testing.assert_close(grid_nearest_neighbor_distance(phi, valid, radius), reference)
+
+
+def test_part_gaussians_use_the_grid_neighbourhood_by_default() -> None:
+    phi = _bumpy_surface(16)
+    grid = part_grid(torch.ones(16, 16))
+    grid_scales = part_gaussians(phi, _prediction(16, 16), grid).scales
+    torch.testing.assert_close(grid_scales, part_gaussians(phi, _prediction(16, 16), grid, nn_radius=None).scales)
 
 
 def test_axis_angle_to_quat_matches_rodrigues() -> None:

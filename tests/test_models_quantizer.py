@@ -173,3 +173,19 @@ def test_ema_statistics_and_restarts_are_global_under_distributed(tmp_path) -> N
     torch.testing.assert_close(s["codebook"][2], torch.tensor([0.1, 0.9]), atol=1e-4, rtol=0)
     # the dead code was restarted onto (near) an encoder output of rank 0, the same on both ranks
     assert torch.cdist(s["codebook"][3:4], torch.tensor([[0.9, 0.1]])).item() < 0.01
+
+
+@pytest.mark.parametrize("update", ["loss", "ema"])
+def test_codes_are_looked_up_before_the_codebook_update(update: str) -> None:
+    """On a step that restarts (and EMA-updates) codes, every cell still gets the code its index
+    named when it was chosen, not the updated or restarted row."""
+    vq = _quantizer(update=update, restart=True)
+    vq.usage_decay = 0.0  # usage = this batch's counts
+    vq.dead_threshold = 0.5  # code 3, chosen by one cell of 32, counts as dead: restarted this step
+    z = torch.rand(2, 2, 4, 4) * 0.5
+    z[0, :, 0, 0] = torch.tensor([4.0, 4.0])  # the one cell that picks code 3 at (5, 5)
+    before = vq.codebook.detach().clone()
+    out = vq.train()(z)
+    assert out.indices[0, 0, 0] == 3
+    assert not torch.allclose(vq.codebook[3], before[3])  # the restart did happen
+    torch.testing.assert_close(out.quantized.detach(), before[out.indices].permute(0, 3, 1, 2))

@@ -3,9 +3,11 @@
 Canonical Gaussians live in the 3DMM space (shape + expression, no pose: SynShot §3.2 factors
 out global rotation, translation and LBS). Each is bound to a triangle by barycentrics (the
 "binding" of GaussianAvatars); its transform is the barycentric blend of the vertex LBS
-transforms. Positions take the full affine transform; rotations take its closest rotation
-(polar factor), so a rigid motion of the head moves every Gaussian — centre and covariance —
-rigidly, exactly as a camera moved the inverse way would see it.
+transforms, and it takes the barycentric blend of the vertices' pose correctives before it, as the
+mesh does (a Gaussian at a vertex lands exactly on the posed vertex). Positions take the full
+affine transform; rotations take its closest rotation (polar factor), so a rigid motion of the
+head moves every Gaussian — centre and covariance — rigidly, exactly as a camera moved the
+inverse way would see it.
 """
 
 from __future__ import annotations
@@ -83,12 +85,14 @@ def closest_rotation(m: Tensor, iters: int = 5) -> Tensor:
     return r
 
 
-def pose_gaussians(canonical: Gaussians, transforms: Tensor) -> Gaussians:
+def pose_gaussians(canonical: Gaussians, transforms: Tensor, rest_offsets: Tensor | None = None) -> Gaussians:
     """Move canonical Gaussians to world space with per-Gaussian transforms.
 
     Args:
         canonical: batched :class:`~avatar_lightning.render.Gaussians` (``means [B, N, 3]``...).
         transforms: Tensor  # [B, N, 4, 4] from :func:`point_transforms` (translation included).
+        rest_offsets: Tensor  # [B, N, 3] added to the means before the transform, as the mesh adds
+            its pose correctives (:func:`surface_points` of ``HeadOutput.pose_offsets``); None: zero.
 
     Returns:
         Gaussians with transformed ``means`` and rotated ``quats`` (scales, opacities, SH kept).
@@ -96,8 +100,12 @@ def pose_gaussians(canonical: Gaussians, transforms: Tensor) -> Gaussians:
     if not canonical.batched or transforms.shape[:2] != canonical.means.shape[:2]:
         raise ValueError(f"pose_gaussians: need batched Gaussians [B, N, ...] and transforms [B, N, 4, 4]; got "
                          f"means {list(canonical.means.shape)}, transforms {list(transforms.shape)}")
+    if rest_offsets is not None and rest_offsets.shape != canonical.means.shape:
+        raise ValueError(f"pose_gaussians: rest_offsets must be {list(canonical.means.shape)} like the means, "
+                         f"got {list(rest_offsets.shape)}")
     A = transforms[..., :3, :3]
-    means = (A @ canonical.means[..., None])[..., 0] + transforms[..., :3, 3]
+    rest = canonical.means if rest_offsets is None else canonical.means + rest_offsets
+    means = (A @ rest[..., None])[..., 0] + transforms[..., :3, 3]
     R = closest_rotation(A)
     quats = quat_multiply(rotmat_to_quat(R), canonical.quats)
     return Gaussians(means=means, quats=quats, scales=canonical.scales, opacities=canonical.opacities,

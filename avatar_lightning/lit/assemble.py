@@ -3,7 +3,9 @@
 Holds each part's UV sample grid and mesh binding as buffers (they follow the module's device),
 samples φ = x̂_verts + x̂_expr and x̂_feat on every part grid, runs that part's regressors, builds
 the part's Gaussians (:func:`avatar_lightning.models.densify.part_gaussians`) and concatenates
-the parts.
+the parts. Sampling, TBN frames and nearest-neighbour scales run in float32 whatever the autocast
+(:func:`~avatar_lightning.models.sample_uv`, :func:`~avatar_lightning.models.densify.part_gaussians`);
+only the regressors run in the autocast's precision.
 """
 
 from __future__ import annotations
@@ -55,7 +57,10 @@ class GaussianAssembler(nn.Module):
         head: the head model (its UV layout, triangles and regions).
         parts: the network's parts (``SynShotNet.parts``): ``("face", "hair")`` or ``("all",)``.
         part_samples: S_r per part (SynShot's per-part densification); ``"all"`` (the single-layer
-            ablation) defaults to the largest listed value.
+            ablation) defaults to the smallest listed value, so one joint layer has fewer
+            Gaussians than the per-part layers (Table 1: "a Single Layer instead of two ... results
+            in a lower number of Gaussians"). Counts depend on these sizes and the UV layout only,
+            never on ``map_resolution`` (except with ``no_sampling``).
         map_resolution: UV map side H; the "No Sampling" ablation samples its texel centres.
         no_sampling: one Gaussian per texel of the H × H map (Table 1 "No Sampling").
         init_opacity: initial opacity (SynShot: 0.7).
@@ -66,7 +71,7 @@ class GaussianAssembler(nn.Module):
         super().__init__()
         self.parts, self.init_opacity = parts, init_opacity
         for part in parts:
-            size = map_resolution if no_sampling else part_samples.get(part, max(part_samples.values()))
+            size = map_resolution if no_sampling else part_samples.get(part, min(part_samples.values()))
             raster = uv_rasterize(head.uv_coords, head.uv_faces, size)
             if part == "all":
                 region = raster.valid.float()

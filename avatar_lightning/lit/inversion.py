@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from avatar_lightning.batch import validate_batch
@@ -45,33 +45,65 @@ STAGE1_MODULES = ("E_id",)
 STAGE2_PREFIXES = ("D_feat", "D_id", "D_expr", "R_color/", "R_gauss/")
 
 
-def find_prior_checkpoint(spec: str | os.PathLike = "latest", runs_dir: str | os.PathLike = "runs") -> Path:
-    """Resolve the prior checkpoint to invert.
+def find_prior_checkpoint(spec: str | os.PathLike = "latest", runs_dir: str | os.PathLike = "runs",
+                          min_steps: int = 100, allow_untrained: bool = False) -> Path:
+    """Resolve the prior checkpoint to invert, and say which one it is (path, step, run config).
 
     Args:
         spec: a ``.ckpt`` path, or ``"latest"``: the newest checkpoint under ``runs_dir`` that holds
             a SynShot prior (its state dict has the identity encoder ``net.enc_id``).
         runs_dir: where ``lightning fit -c experiments/prior.yaml`` writes its runs.
+        min_steps: ``"latest"`` refuses a prior trained for fewer optimiser steps than this (a shrunk
+            or smoke-test run's checkpoint is newer than a real one and would otherwise be inverted
+            silently). A checkpoint that records no step (not written by Lightning) is taken, with
+            its step reported as unknown.
+        allow_untrained: take an under-trained ``"latest"`` anyway. A path given as ``spec`` is the
+            user's explicit choice and is never refused (only warned about).
 
     Raises:
         FileNotFoundError: naming the path, or ``runs_dir`` and what was looked for.
+        ValueError: ``"latest"`` is an under-trained prior, naming it, its step and how to proceed.
     """
+    def load(path: Path) -> dict[str, Any] | None:
+        try:
+            return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        except Exception as err:  # a half-copied or foreign file: skip it, say so
+            log.warning("skipping unreadable checkpoint %s (%s)", path, err)
+            return None
+
+    def describe(path: Path, state: dict[str, Any]) -> str:
+        step = state.get("global_step")
+        config = next((d / "config.yaml" for d in (path.parent, path.parent.parent) if (d / "config.yaml").is_file()),
+                      None)
+        net = dict(state.get("hyper_parameters", {}).get("net") or {})
+        size = {k: net[k] for k in ("map_resolution", "feature_channels") if k in net}
+        return (f"{path} (global_step {'unknown' if step is None else step}, epoch {state.get('epoch', 'unknown')}, "
+                f"net {size or 'unknown'}, config {config or 'not found beside it'})")
+
     if str(spec) != "latest":
         path = Path(spec).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"prior checkpoint not found: {path}")
+        state = load(path) or {}
+        rank_zero_info(f"SynShotInversion: inverting the prior {describe(path, state)}")
+        if state.get("global_step") is not None and state["global_step"] < min_steps:
+            rank_zero_warn(f"the prior {path} was trained for {state['global_step']} steps only (< {min_steps})")
         return path
     root = Path(runs_dir)
     candidates = sorted(root.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True) if root.is_dir() else []
     for path in candidates:
-        try:
-            state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-        except Exception as err:  # a half-copied or foreign file: skip it, say so
-            log.warning("skipping unreadable checkpoint %s (%s)", path, err)
+        state = load(path)
+        if state is None or not any(k.startswith("net.enc_id.") for k in state.get("state_dict", {})) or (
+                "prior_hparams" in state.get("hyper_parameters", {})):
             continue
-        if any(k.startswith("net.enc_id.") for k in state.get("state_dict", {})) and "prior_hparams" not in state.get(
-                "hyper_parameters", {}):
-            return path
+        step = state.get("global_step")
+        if step is not None and step < min_steps and not allow_untrained:
+            raise ValueError(f"prior_checkpoint=latest found {describe(path, state)}: trained for {step} steps "
+                             f"(< {min_steps}), which looks like a shrunk or interrupted run, not a trained prior. "
+                             f"Train one (lightning fit -c experiments/prior.yaml), or pass the checkpoint you mean "
+                             f"as prior_checkpoint=PATH (an explicit path is used as given).")
+        rank_zero_info(f"SynShotInversion: prior_checkpoint=latest is {describe(path, state)}")
+        return path
     raise FileNotFoundError(f"no SynShot prior checkpoint (*.ckpt with net.enc_id weights) under {root.resolve()}; "
                             "train one first: lightning fit -c experiments/prior.yaml, or pass prior_checkpoint=PATH")
 
@@ -135,8 +167,7 @@ class SynShotInversion(AvatarCheckpointMixin, AvatarEvalMixin, LightningModule):
         """
         if self.net is not None:
             return
-        path = find_prior_checkpoint(self.hparams.prior_checkpoint, self.hparams.runs_dir)
-        rank_zero_info(f"SynShotInversion: inverting the prior {path}")
+        path = find_prior_checkpoint(self.hparams.prior_checkpoint, self.hparams.runs_dir)  # logs which one
         prior = SynShotPrior.load_from_checkpoint(path, map_location="cpu")
         self.hparams["prior_hparams"] = dict(prior.hparams)
         self._adopt(prior)

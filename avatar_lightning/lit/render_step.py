@@ -3,7 +3,8 @@
 Prior, inversion and baselines all call :func:`render_batch`, so they pose and render identically:
 the head model poses the mesh for the batch's shape / expression / pose / translation, every
 Gaussian follows the skinning transform of the mesh point it is bound to (barycentric blend of
-its triangle's per-vertex LBS transforms), and all V views are rasterised in one call.
+its triangle's per-vertex LBS transforms) after that point's pose correctives (the mesh the data
+was rendered with has them), and all V views are rasterised in one call.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from avatar_lightning.head.gaussians import SurfaceBinding, point_transforms
+from avatar_lightning.head.gaussians import SurfaceBinding, point_transforms, surface_points
 from avatar_lightning.head.gaussians import pose_gaussians as head_pose_gaussians
 from avatar_lightning.head.model import HeadModel
 from avatar_lightning.render import Cameras, Gaussians, RenderOutput, rasterize
@@ -35,7 +36,8 @@ class MeshBinding(SurfaceBinding):
         return MeshBinding(face=torch.cat([b.face for b in items]), bary=torch.cat([b.bary for b in items]))
 
 
-def pose_gaussians(canonical: Gaussians, vertex_transforms: Tensor, faces: Tensor, binding: MeshBinding) -> Gaussians:
+def pose_gaussians(canonical: Gaussians, vertex_transforms: Tensor, faces: Tensor, binding: MeshBinding,
+                   pose_offsets: Tensor | None = None) -> Gaussians:
     """Move canonical (3DMM-space) Gaussians with the skinning of the mesh points they are bound to.
 
     The head toolkit does the work (:mod:`avatar_lightning.head.gaussians`): barycentric blend of
@@ -46,6 +48,9 @@ def pose_gaussians(canonical: Gaussians, vertex_transforms: Tensor, faces: Tenso
         vertex_transforms: [B, V, 4, 4] per-vertex rest → world transforms (``HeadOutput``).
         faces: [F, 3] mesh triangles.
         binding: the mesh point of each Gaussian.
+        pose_offsets: [B, V, 3] the mesh's pose correctives (``HeadOutput.pose_offsets``): each
+            Gaussian takes its bound point's blend of them in rest space, as the mesh does. None
+            leaves them out (right only at rest pose, where they are zero).
 
     Returns:
         Batched Gaussians in world space.
@@ -53,7 +58,8 @@ def pose_gaussians(canonical: Gaussians, vertex_transforms: Tensor, faces: Tenso
     if binding.face.shape[0] != canonical.num_gaussians:
         raise ValueError(f"pose_gaussians: {binding.face.shape[0]} bound points for "
                          f"{canonical.num_gaussians} Gaussians")
-    return head_pose_gaussians(canonical, point_transforms(vertex_transforms, faces, binding))
+    offsets = None if pose_offsets is None else surface_points(pose_offsets, faces, binding)
+    return head_pose_gaussians(canonical, point_transforms(vertex_transforms, faces, binding), offsets)
 
 
 def batch_cameras(batch: Mapping[str, Tensor]) -> Cameras:
@@ -83,7 +89,7 @@ def render_batch(batch: Mapping[str, Tensor], canonical: Gaussians, binding: Mes
         canonical = canonical.map(lambda t: t.float())
         posed_mesh = head(batch["shape"].float(), batch["expr"].float(), batch["pose"].float(),
                           batch["translation"].float())
-        posed = pose_gaussians(canonical, posed_mesh.vertex_transforms, head.faces, binding)
+        posed = pose_gaussians(canonical, posed_mesh.vertex_transforms, head.faces, binding, posed_mesh.pose_offsets)
         return rasterize(posed, batch_cameras(batch), background=batch["background"], backend=backend)
 
 

@@ -3,10 +3,14 @@
 One step: encode the batch's UV maps (x_tex, x_verts, x_exp), quantise, decode; densify per part
 into canonical Gaussians; pose and render every view through :func:`render_batch`; and minimise
 
-    L = Σ_maps (α·L1 + β·L_SSIM) + γ·LPIPS(tex) + δ·L1(geometry) + L_color(images) + L_VQ + L_reg
+    L = α·L1(tex) + β·L_SSIM(tex) + γ·LPIPS(tex) + δ·L1(x_verts, x_exp in cm) + L_color(images) + L_VQ + L_reg
 
-with the weights as constructor arguments (YAML). Automatic optimisation; gradient clipping,
-precision (bf16/AMP) and DDP come from the Trainer config.
+with the weights as constructor arguments (YAML). The UV-map terms count only texels inside the
+head model's UV layout (the rest of the square holds no surface). Geometry maps (metres in the
+data) are compared in centimetres with L1 alone (SSIM's constants assume [0, 1] intensities; on
+millimetre-scale offsets it is ≈ 1 whatever the prediction): in metres, predicting zeros cost
+≈ 1e-4, nearly free. Automatic optimisation; gradient clipping, precision (bf16/AMP) and DDP come
+from the Trainer config.
 """
 
 from __future__ import annotations
@@ -25,12 +29,16 @@ from avatar_lightning.head.model import load_head_model
 from avatar_lightning.lit.assemble import Assembled, GaussianAssembler
 from avatar_lightning.lit.render_step import head_centre, render_batch
 from avatar_lightning.losses import GaussianRegularizer, PhotometricLoss, geometry_l1
+from avatar_lightning.losses.photometric import l1_loss, ssim
 from avatar_lightning.metrics import CodebookUsage, MeanScores
 from avatar_lightning.metrics.head_region import shared_head_metrics
 from avatar_lightning.models.quantizer import VectorQuantizer
 from avatar_lightning.models.synshot import PriorOutput, SynShotNet, SynShotNetConfig
 from avatar_lightning.render import RenderOutput, orbit_cameras
 from avatar_lightning.viz import error_map
+
+#: Geometry maps are in metres; L_geom compares them in centimetres, so δ weighs a 1 cm mean error as 1.
+CM_PER_METRE = 100.0
 
 
 class SynShotPrior(LightningModule):
@@ -49,8 +57,9 @@ class SynShotPrior(LightningModule):
         ssim_weight: β of L_color.
         lpips_weight: γ of L_color; > 0 needs the ``lpips`` package and its backbone weights.
         image_weight: weight of L_color on rendered vs target images.
-        map_weight: weight of L_color on the (input, decoded) map pairs.
-        geometry_weight: δ of L_geom on the position and expression maps.
+        map_weight: weight of L_color on the (input, decoded) texture maps (in-layout texels).
+        geometry_weight: δ of L_geom, the L1 in centimetres of the position and expression maps
+            over the texels inside the UV layout (summed over the two maps).
         vq_weight: weight of the codebook + commitment losses.
         reg_position: L2 weight on position offsets δφ.
         reg_scale: L2 weight on scale offsets δσ.
@@ -93,7 +102,10 @@ class SynShotPrior(LightningModule):
         self.assembler = GaussianAssembler(self.head, self.net.parts, part_samples or {"face": 64, "hair": 48},
                                            self.net.map_resolution, no_sampling=self.net.no_sampling)
         self.photo = PhotometricLoss(l1_weight, ssim_weight, lpips_weight)
-        self.map_photo = PhotometricLoss(l1_weight, ssim_weight, 0.0)  # LPIPS is for RGB images only
+        self.map_photo = PhotometricLoss(l1_weight, ssim_weight, 0.0)  # weights and window for the texture map
+        # Texels of the UV square that lie on the mesh; the map losses count only these.
+        layout = self.head.uv_raster(self.net.map_resolution).valid
+        self.register_buffer("uv_layout", layout[None, None].float(), persistent=False)  # [1, 1, H, W]
         self.regularizer = GaussianRegularizer(reg_position, reg_scale, reg_opacity, reg_sh_rest)
         self.val_metrics = MeanScores()  # head-region PSNR / SSIM / LPIPS / ID (metrics.head_region)
         self.test_metrics = MeanScores()
@@ -115,15 +127,14 @@ class SynShotPrior(LightningModule):
                render: RenderOutput) -> dict[str, Tensor]:
         """Every named loss term and ``"loss"``, their weighted sum."""
         hp, maps = self.hparams, out.maps
-        terms: dict[str, Tensor] = {}
-        map_total = 0.0
-        for name, pred, target in (("tex", maps.tex, batch["uv_texture"]), ("verts", maps.verts, batch["uv_position"]),
-                                   ("expr", maps.expr, batch["uv_expression"])):
-            t = self.map_photo(pred, target)
-            terms[f"map_{name}"] = t.total
-            map_total = map_total + t.total
+        terms: dict[str, Tensor] = {"map_tex": self.texture_loss(maps.tex, batch["uv_texture"])}
         tex_lpips = self.photo.perceptual(maps.tex.clamp(0, 1), batch["uv_texture"]) if hp.lpips_weight > 0 else 0.0
-        geometry = geometry_l1(maps.verts, batch["uv_position"]) + geometry_l1(maps.expr, batch["uv_expression"])
+        layout = self.uv_layout.to(maps.verts.dtype)
+        for name, pred, target in (("verts", maps.verts, batch["uv_position"]),
+                                   ("expr", maps.expr, batch["uv_expression"])):
+            terms[f"geometry_{name}"] = geometry_l1(CM_PER_METRE * pred, CM_PER_METRE * target, layout)
+        geometry = terms["geometry_verts"] + terms["geometry_expr"]
+        map_total = terms["map_tex"]
         image = self.photo(render.rgb.flatten(0, 1), batch["image"].flatten(0, 1))
         vq = out.identity.vq.loss + out.expression.vq.loss
         g = assembled.gaussians
@@ -133,6 +144,20 @@ class SynShotPrior(LightningModule):
         terms["loss"] = (hp.map_weight * (map_total + hp.lpips_weight * tex_lpips) + hp.geometry_weight * geometry
                          + hp.image_weight * image.total + hp.vq_weight * vq + reg.total)
         return terms
+
+    def texture_loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        """α·L1 + β·(1 − SSIM) between texture maps [B, 3, H, W], over the UV layout only: L1 over its
+        texels, SSIM averaged over the windows centred on them, with texels outside the layout set to
+        zero in both maps (so whatever lies there counts nowhere)."""
+        photo, layout = self.map_photo, self.uv_layout.to(pred.dtype)
+        total = photo.l1_weight * l1_loss(pred, target, layout)
+        if photo.ssim_weight:
+            r = photo.ssim_window // 2
+            h, w = pred.shape[-2:]
+            centres = layout[..., r:h - r, r:w - r].expand(pred.shape[0], pred.shape[1], -1, -1)
+            ssim_map = ssim(pred * layout, target * layout, window_size=photo.ssim_window, reduce=False)
+            total = total + photo.ssim_weight * (1 - (ssim_map * centres).sum() / centres.sum().clamp_min(1))
+        return total
 
     # ------------------------------------------------------------------------------- Lightning
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:

@@ -10,6 +10,15 @@ loads with ``strict=True``. No weights ship with this project and none can be do
 
 Input convention of those checkpoints: aligned RGB face crops of 112×112 pixels, normalised as
 ``(x - 0.5) / 0.5`` from [0, 1] (insightface ``inference.py``); :meth:`IResNet.normalize` does it.
+
+Crops here are *not* aligned the insightface way (a similarity warp of five detected landmarks onto
+the ArcFace template): :mod:`avatar_lightning.losses.identity` cuts a square box around the target's
+foreground mask and resamples it differentiably. Why: the loss compares a render with its target
+seen by the same camera, so one shared box treats both alike, and it needs no landmark detector in
+the training loop (the shipped YuNet detector runs in ONNX, outside autograd, and would have to run
+on every step). The cost: roll and scale differ from the template's, so absolute
+embeddings (and L_id values) are not comparable with insightface's numbers; only the render–target
+difference is used.
 """
 
 from __future__ import annotations

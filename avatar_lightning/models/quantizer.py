@@ -125,9 +125,13 @@ class VectorQuantizer(nn.Module):
         flat = rearrange(z, "b n h w -> (b h w) n").float()
         indices = self.nearest(flat)
         counts = torch.bincount(indices, minlength=self.num_codes).to(flat.dtype)
+        # Look up with the codebook the indices were chosen against, then update it (as VQ-VAE-2 and
+        # taming-transformers do): updating first would hand a cell whose code is restarted this step a
+        # random encoder output instead of the code its index names. Indexing copies, so the in-place
+        # update below cannot reach ``q_flat``.
+        q_flat = self.codebook[indices]
         if self.training:
             self._update_codebook(flat.detach(), indices, counts)
-        q_flat = self.codebook[indices]
         q = rearrange(q_flat, "(b h w) n -> b n h w", b=b, h=h, w=w).to(z.dtype)
         codebook_loss = F.mse_loss(q, z.detach()) if self.update == "loss" else z.new_zeros(())
         commitment_loss = self.beta * F.mse_loss(z, q.detach())

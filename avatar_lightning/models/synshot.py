@@ -87,13 +87,18 @@ def sample_uv(maps: Tensor, uv: Tensor) -> Tensor:
         uv: [h, w, 2] or [B, h, w, 2] in [0, 1]; [N, 2] scattered points are passed as [N, 1, 2].
 
     Returns:
-        [B, C, h, w].
+        [B, C, h, w], float32 (or float64 for float64 maps) whatever the autocast or the maps' dtype.
     """
     if uv.shape[-1] != 2 or uv.ndim not in (3, 4):
         raise ValueError(f"uv must be [h, w, 2] or [B, h, w, 2], got {list(uv.shape)}")
-    grid = torch.stack([uv[..., 0] * 2 - 1, 1 - uv[..., 1] * 2], dim=-1).to(maps.dtype)
-    grid = grid.expand(maps.shape[0], *grid.shape) if grid.ndim == 3 else grid
-    return F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    # Never in half precision: bf16 keeps 8 mantissa bits, so at a 512² grid neighbouring sample
+    # coordinates in [-1, 1] round to the same value (only 386 of 512 columns stay distinct) and
+    # their Gaussians coincide. Half-precision maps are sampled in float32 instead.
+    dtype = torch.promote_types(maps.dtype, torch.float32)
+    with torch.autocast(device_type=maps.device.type, enabled=False):
+        grid = torch.stack([uv[..., 0] * 2 - 1, 1 - uv[..., 1] * 2], dim=-1).to(dtype)
+        grid = grid.expand(maps.shape[0], *grid.shape) if grid.ndim == 3 else grid
+        return F.grid_sample(maps.to(dtype), grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def texel_grid(resolution: int, device: torch.device | None = None) -> Tensor:

@@ -1,0 +1,45 @@
+"""``prior_checkpoint: latest``: says which checkpoint it takes, refuses an obviously untrained one."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from avatar_lightning.lit.inversion import find_prior_checkpoint
+
+
+def _checkpoint(path: Path, step: int, age_s: float = 0.0) -> Path:
+    """A Lightning-style prior checkpoint (only what the lookup reads) in ``<run>/checkpoints/``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {"net.enc_id.w": torch.zeros(1)}, "global_step": step, "epoch": step // 10,
+                "hyper_parameters": {"net": {"map_resolution": 64, "feature_channels": 32}}}, path)
+    (path.parent.parent / "config.yaml").write_text("model: {}\n")
+    os.utime(path, (time.time() - age_s, time.time() - age_s))
+    return path
+
+
+def test_latest_refuses_a_just_written_shrunk_run(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    _checkpoint(runs / "prior" / "version_0" / "checkpoints" / "last.ckpt", step=1500, age_s=100)
+    shrunk = _checkpoint(runs / "prior" / "version_1" / "checkpoints" / "last-v1.ckpt", step=1)
+    with pytest.raises(ValueError, match=r"last-v1\.ckpt .*global_step 1,.*trained for 1 steps") as err:
+        find_prior_checkpoint("latest", runs)
+    assert "prior_checkpoint=PATH" in str(err.value)
+    assert find_prior_checkpoint("latest", runs, allow_untrained=True) == shrunk
+    with pytest.warns(UserWarning, match="trained for 1 steps only"):
+        assert find_prior_checkpoint(shrunk) == shrunk  # an explicit path is used as given
+
+
+def test_latest_names_the_checkpoint_its_step_and_config(tmp_path: Path, caplog) -> None:
+    runs = tmp_path / "runs"
+    trained = _checkpoint(runs / "prior" / "version_0" / "checkpoints" / "last.ckpt", step=1500)
+    with caplog.at_level(logging.INFO):
+        assert find_prior_checkpoint("latest", runs) == trained
+    said = caplog.text
+    assert str(trained) in said and "global_step 1500" in said and "map_resolution': 64" in said
+    assert str(runs / "prior" / "version_0" / "config.yaml") in said
