@@ -114,7 +114,10 @@ class SynShotInversion(AvatarCheckpointMixin, AvatarEvalMixin, LightningModule):
     Args:
         prior_checkpoint: path of a ``SynShotPrior`` checkpoint, or ``"latest"`` (newest under ``runs_dir``).
         runs_dir: where ``"latest"`` looks.
-        stage1_steps_per_frame: stage-1 (E_id) steps per input image (SynShot scales steps by ×10).
+        stage1_steps_per_frame: stage-1 (E_id) steps per input image. SynShot §3.3 has one factor
+            (×10 steps per training frame, with EMA early stopping); here it is split into this
+            stage-1 length and stage 2's cap (``EMAEarlyStopping.max_steps_per_frame``), which the
+            EMA plateau normally ends first.
         lr_stage1: Adam lr of E_id in stage 1.
         lr_stage2: Adam lr of the decoders and regressors in stage 2.
         l1_weight: α of L_color (Eq. 5).
@@ -126,7 +129,8 @@ class SynShotInversion(AvatarCheckpointMixin, AvatarEvalMixin, LightningModule):
             embedded default) or ``"arcface"`` (the paper's; needs ``arcface_checkpoint``).
         arcface_checkpoint: insightface ``arcface_torch`` ``backbone.pth`` (user-supplied).
         arcface_arch: its backbone (``iresnet50`` / ``iresnet100``).
-        reg_weight: multiplier of the prior's Gaussian regularisers (offsets, opacity, SH l ≥ 1).
+        reg_weight: multiplier of the prior's §3.2 L2 regularisers (offsets, scale, opacity, SH l ≥ 1)
+            during inversion; the paper gives no value for the inversion, 1.0 keeps the prior's.
         output_dir: where the avatar outputs go at the end of fit (None: not written).
         turntable_frames: frames of the 360° turntable video.
         expression_steps: video frames between consecutive held-out expressions.
@@ -134,6 +138,8 @@ class SynShotInversion(AvatarCheckpointMixin, AvatarEvalMixin, LightningModule):
         render_backend: rasteriser backend (``"auto"``, ``"torch"``, ``"gsplat"``).
         prior_hparams: the prior's hyper-parameters; recorded when the prior is loaded so that an
             inversion checkpoint rebuilds without the prior file. Leave unset.
+        allow_untrained_prior: with ``prior_checkpoint: latest``, invert a prior that trained fewer
+            than 100 steps anyway (otherwise refused, naming it).
     """
 
     def __init__(self, prior_checkpoint: str = "latest", runs_dir: str = "runs", stage1_steps_per_frame: int = 10,
@@ -142,7 +148,8 @@ class SynShotInversion(AvatarCheckpointMixin, AvatarEvalMixin, LightningModule):
                  identity_net: str = "sface", arcface_checkpoint: str | None = None,
                  arcface_arch: str = "iresnet100", reg_weight: float = 1.0,
                  output_dir: str | None = None, turntable_frames: int = 60, expression_steps: int = 12,
-                 fps: float = 25.0, render_backend: str = "auto", prior_hparams: dict[str, Any] | None = None) -> None:
+                 fps: float = 25.0, render_backend: str = "auto", prior_hparams: dict[str, Any] | None = None,
+                 allow_untrained_prior: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.photometric = PhotometricLoss(l1_weight, ssim_weight, lpips_weight)
@@ -167,7 +174,8 @@ class SynShotInversion(AvatarCheckpointMixin, AvatarEvalMixin, LightningModule):
         """
         if self.net is not None:
             return
-        path = find_prior_checkpoint(self.hparams.prior_checkpoint, self.hparams.runs_dir)  # logs which one
+        path = find_prior_checkpoint(self.hparams.prior_checkpoint, self.hparams.runs_dir,  # logs which one
+                                     allow_untrained=self.hparams.get("allow_untrained_prior", False))
         prior = SynShotPrior.load_from_checkpoint(path, map_location="cpu")
         self.hparams["prior_hparams"] = dict(prior.hparams)
         self._adopt(prior)
