@@ -19,10 +19,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
+
+from callbacks.non_finite_stop import NonFiniteStop
 
 
-class EMAEarlyStopping(Callback):
+class EMAEarlyStopping(NonFiniteStop):
     """Stop training when the EMA of ``monitor`` has not improved for ``patience`` steps.
 
     Args:
@@ -58,10 +60,6 @@ class EMAEarlyStopping(Callback):
         self.ema: float | None = None
         self.best = math.inf
         self.best_step = 0
-        self.stopped_step: int | None = None
-        self.reason = ""
-        self.stop_kind: str | None = None
-        self._drop_gradients = False
         self._last_step: int | None = None  # the optimiser step last fed to the EMA
 
     def update(self, value: float, step: int, min_steps: int = 0) -> bool:
@@ -80,26 +78,8 @@ class EMAEarlyStopping(Callback):
             return True
         return False
 
-    def _non_finite(self, trainer: Trainer, name: str, value: float, step: int) -> None:
-        """Stop now: ``name`` was ``value`` (not finite) at optimiser step ``step``."""
-        self.reason = f"{name} is not finite ({value}) at step {step}: training diverged"
-        self.stop_kind, self.stopped_step = "non_finite", step
-        trainer.should_stop = True
-
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._last_step = trainer.global_step  # steps before this point (a resumed run's) were fed already
-
-    def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: Any) -> None:
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            self._non_finite(trainer, "the training loss", value, trainer.global_step)
-            self._drop_gradients = True
-
-    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
-        if self._drop_gradients:  # a non-finite loss's gradients must not reach the weights
-            for group in optimizer.param_groups:
-                for p in group["params"]:
-                    p.grad = None
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

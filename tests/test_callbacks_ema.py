@@ -113,3 +113,13 @@ def test_no_avatar_is_exported_after_a_non_finite_loss(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="not exporting an avatar.*not finite"):
         trainer.fit(Exporting(), DummyData(n=64, batch_size=4))
     assert not (tmp_path / "avatar").exists()
+
+
+def test_non_finite_stop_alone_ends_any_run_at_the_bad_step(tmp_path: Path) -> None:
+    from callbacks import NonFiniteStop
+
+    cb = NonFiniteStop()
+    module = Diverging(at=4, bad=float("inf"))
+    trainer = _fit(module, cb, tmp_path)
+    assert cb.stop_kind == "non_finite" and cb.stopped_step == 4 and trainer.global_step <= 5
+    assert torch.isfinite(module.layer.weight).all()

@@ -73,6 +73,16 @@ def ssim(
         raise ValueError(f"ssim: pred {list(pred.shape)} and target {list(target.shape)} must be equal [B, C, H, W]")
     if min(pred.shape[-2:]) < window_size:
         raise ValueError(f"ssim: images {list(pred.shape[-2:])} are smaller than the window ({window_size})")
+    # Variances are differences of nearly equal blurred moments: in bf16/fp16 they leave [-1, 1] or
+    # divide by zero on flat regions, so SSIM runs in float32 (or wider) whatever the autocast.
+    dtype = torch.promote_types(pred.dtype, torch.float32)
+    with torch.autocast(device_type=pred.device.type, enabled=False):
+        return _ssim(pred.to(dtype), target.to(dtype), window_size, sigma, data_range, k1, k2, reduce)
+
+
+def _ssim(pred: Tensor, target: Tensor, window_size: int, sigma: float, data_range: float, k1: float, k2: float,
+          reduce: bool) -> Tensor:
+    """:func:`ssim` in the inputs' dtype."""
     c = pred.shape[1]
     g = gaussian_window(window_size, sigma, pred.dtype, pred.device)
     gx = g.view(1, 1, 1, -1).expand(c, 1, 1, window_size)
