@@ -4,15 +4,16 @@ the held-out identities and the README report (curve + held-out grid + JSON) fro
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from avatar_lightning import report
 from avatar_lightning.cli import AvatarCLI, find_last_checkpoint
+from tests.test_inversion import reference_head_psnr
 from tests.test_lit_prior import TINY_NET
 from tests.test_synth_generate import TINY
 
@@ -45,15 +46,29 @@ def test_prior_yaml_fit_test_and_report(tmp_path_factory, tmp_path: Path) -> Non
 
     tested = AvatarCLI(args=["test", *_shrunk(root, tmp_path / "test"), f"--ckpt_path={ckpt}"])
     metrics = tested.trainer.callback_metrics
-    assert {"test/psnr", "test/ssim", "test/loss"} <= set(metrics)
-    assert 0 < float(metrics["test/psnr"]) < 60
+    assert {"test/psnr", "test/ssim", "test/loss", "test/psnr_full"} <= set(metrics)
+    # recomputed here: the checkpoint's renders of the test split, head-region PSNR per image, averaged
+    heldout = _reference_scores(tested.model.eval(), list(tested.datamodule.test_dataloader()))
+    assert heldout["identities"] == {2} and heldout["images"] == 2 * 3  # 1 identity × 2 expressions × 3 views
+    assert float(metrics["test/psnr"]) == pytest.approx(heldout["psnr"], abs=1e-4)
+    assert float(metrics["test/psnr_full"]) == pytest.approx(heldout["psnr_full"], abs=1e-4)
+    assert abs(heldout["psnr"] - heldout["psnr_full"]) > 0.1  # the background counts in one of them only
 
     out = tmp_path / "report"
     result = report.main([str(log_dir), "--ckpt", str(ckpt), "--out", str(out)])
     assert result["global_step"] == 3
     assert result["held_out"]["identities"] == [2] and result["train"]["identities"] == [0]  # 3 ids: train, val, test
-    for split in ("held_out", "train"):
-        assert math.isfinite(result[split]["psnr"]) and 0 < result[split]["ssim"] <= 1
+    # the report scores the test split's images (same identity, expressions and spread views) with the
+    # same checkpoint, so its held-out figures are lightning test's; its train identity is recomputed too
+    train = _reference_scores(tested.model, [report.identity_batch(tested.datamodule, 0, [0, 1])])
+    for split, ref in (("held_out", heldout), ("train", train)):
+        assert result[split]["psnr"] == pytest.approx(ref["psnr"], abs=1e-4), split
+        assert result[split]["psnr_full"] == pytest.approx(ref["psnr_full"], abs=1e-4), split
+        (identity,) = result[split]["identities"]
+        assert result[split]["per_identity"][str(identity)] == pytest.approx(
+            {k: v for k, v in result[split].items() if k not in ("identities", "per_identity")})
+        assert 0 < result[split]["ssim"] <= 1
+    assert result["held_out"]["psnr"] != pytest.approx(result["train"]["psnr"], abs=1e-3)
     saved = json.loads((out / "prior_report.json").read_text())
     assert saved["held_out"]["psnr"] == pytest.approx(result["held_out"]["psnr"])
     assert len(saved["curve"]["val/psnr"]) == 1  # one validation, at the end of the 3 steps
@@ -62,6 +77,20 @@ def test_prior_yaml_fit_test_and_report(tmp_path_factory, tmp_path: Path) -> Non
     assert grid.shape[0] == 6 * tile + 2 and grid.shape[1] == 3 * tile + 2  # (1 id × 2 expressions × 3 rows) × 3 views
     assert Image.open(out / "prior_curve.png").size == (640, 240)
     assert Image.open(out / "prior_turntable.png").size == (8 * tile + 2, tile + 2)  # one row of 8 orbit views
+
+
+@torch.no_grad()
+def _reference_scores(model, batches: list[dict[str, torch.Tensor]]) -> dict[str, object]:
+    """Head-region and whole-frame PSNR of ``model``'s renders of ``batches``, per image, then averaged."""
+    psnr, full, identities = [], [], set()
+    for batch in batches:
+        _, _, render = model(batch)
+        pred, target = render.rgb.flatten(0, 1).clamp(0, 1), batch["image"].flatten(0, 1)
+        psnr.append(reference_head_psnr(pred, target, batch["mask"].flatten(0, 1)))
+        full.append(-10 * torch.log10(((pred - target) ** 2).mean(dim=(1, 2, 3))))
+        identities |= set(batch["identity"].tolist())
+    return {"psnr": float(torch.cat(psnr).mean()), "psnr_full": float(torch.cat(full).mean()),
+            "images": sum(p.numel() for p in psnr), "identities": identities}
 
 
 def test_run_dir_resolves_to_the_newest_training_version(tmp_path: Path) -> None:
