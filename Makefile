@@ -36,7 +36,7 @@ lint: ## ruff check
 bench: ## run the benchmarks and print their figures
 	@set -e; for f in benchmarks/*.py; do echo "== $$f"; OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE $(BIN)/python $$f; done
 
-demo: ## prior + few-shot inversion + no-prior baseline on 3 held-out synthetic identities; prints the table
+demo: ## fair benchmark: prior, then inversion and no-prior baseline on 5 held-out identities, each to its own EMA stop; prints the table
 	OMP_NUM_THREADS=2 $(BIN)/python -m avatar_lightning.demo --prior-config experiments/demo_prior.yaml --out runs/demo
 
 prior: ## train experiments/prior.yaml (≈18 min on 2 CPU cores), then write its report (curve, held-out grid)

@@ -302,9 +302,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--skip-prior", default=None, help="use this prior checkpoint instead of training one")
     parser.add_argument("--identities", type=int, default=5, help="held-out identities to fit (≥ 5 for the table)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prior training and of every fit")
-    parser.add_argument("--cap-steps-per-frame", type=int, default=300,
+    parser.add_argument("--cap-steps-per-frame", type=int, default=600,
                         help="generous safety cap per input image; a fit that reaches it is flagged")
-    parser.add_argument("--max-steps", type=int, default=3000, help="trainer.max_steps of every fit (also a cap)")
+    parser.add_argument("--max-steps", type=int, default=4000, help="trainer.max_steps of every fit (also a cap)")
     parser.add_argument("--tracking-noise", default=None,
                         help="perturb the parameters the methods get, e.g. shape=0.3,expr=0.3,pose=0.02 "
                              "(σ: coefficient units, radians, metres; targets stay rendered from the truth)")
