@@ -309,6 +309,8 @@ def main(argv: list[str] | None = None) -> str:
                         help="perturb the parameters the methods get, e.g. shape=0.3,expr=0.3,pose=0.02 "
                              "(σ: coefficient units, radians, metres; targets stay rendered from the truth)")
     parser.add_argument("--video-frames", type=int, default=8, help="frames of each fit's exported turntable")
+    parser.add_argument("--prior-only", action="store_true", help="train and save the prior, then stop "
+                        "(fit later with --skip-prior OUT/prior.ckpt)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     noise = parse_noise(args.tracking_noise)
@@ -325,6 +327,9 @@ def main(argv: list[str] | None = None) -> str:
         with atomic_path(prior) as tmp:
             torch.save(ckpt, tmp)
     timings["prior"] = time.perf_counter() - start
+    if args.prior_only:
+        print(f"prior saved to {prior} ({timings['prior']:.0f} s)")
+        return ""
     identities = held_out_identities(data_config, args.identities)
     fits = []
     for identity in identities:
