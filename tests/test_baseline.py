@@ -156,3 +156,178 @@ def test_tiny_fit_lowers_the_loss_and_checkpoints_without_head(tmp_path: Path) -
     assert not any(k.startswith("head.") for k in state) and "binding" in state
     restored = GaussianAvatarBaseline.load_from_checkpoint(ckpt)
     assert torch.equal(restored.sh_dc, student.sh_dc) and math.isfinite(after)
+
+
+# ----------------------------------------------------------------------------- densification
+def small_model(**kwargs) -> GaussianAvatarBaseline:
+    torch.manual_seed(0)
+    return GaussianAvatarBaseline(regions=["nose"], gaussians_per_face=2, render_backend="torch", **kwargs)
+
+
+def stepped_adam(model: GaussianAvatarBaseline) -> torch.optim.Adam:
+    """The model's Adam after one step on a random-image loss (non-zero moments in every row)."""
+    opt = model.configure_optimizers()
+    batch = make_batch(model.head, size=16)
+    batch["image"] = torch.rand_like(batch["image"])
+    (model.photometric_loss(model.render(batch), batch) + model.regularizers()).backward()
+    opt.step()
+    return opt
+
+
+def moments(opt: torch.optim.Adam, p: torch.nn.Parameter) -> tuple[torch.Tensor, torch.Tensor]:
+    return opt.state[p]["exp_avg"], opt.state[p]["exp_avg_sq"]
+
+
+def test_clone_appends_copies_with_parent_binding_and_zero_moments() -> None:
+    model = small_model()
+    opt = stepped_adam(model)
+    n = model.num_gaussians
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[[1, 4]] = True
+    before = {k: getattr(model, k).detach().clone() for k in ("xyz", "log_scale", "sh_dc", "binding", "barycentric")}
+    avg_before, sq_before = (t.clone() for t in moments(opt, model.xyz))
+    model.clone_gaussians(mask, opt)
+    assert model.num_gaussians == n + 2
+    for k, v in before.items():
+        assert torch.equal(getattr(model, k)[:n], v) and torch.equal(getattr(model, k)[n:], v[mask]), k
+    avg, sq = moments(opt, model.xyz)
+    assert torch.equal(avg[:n], avg_before) and torch.equal(sq[:n], sq_before)
+    assert avg[n:].abs().sum() == 0 and sq[n:].abs().sum() == 0 and avg_before[mask].abs().sum() > 0
+    params = [g["params"][0] for g in opt.param_groups]
+    assert all(any(p is q for q in params) for p in model.parameters()), "Adam must optimise the new tensors"
+    assert all(opt.state[p]["exp_avg"].shape == p.shape for p in params)
+
+
+def test_split_replaces_parents_by_two_smaller_children_near_them() -> None:
+    model = small_model()
+    opt = stepped_adam(model)
+    n = model.num_gaussians
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[[0, 3, 5]] = True
+    parent_xyz, parent_scale = model.xyz.detach()[mask].clone(), model.log_scale.detach()[mask].exp()
+    parent_binding, parent_bary = model.binding[mask].clone(), model.barycentric[mask].clone()
+    kept_sq = moments(opt, model.log_scale)[1][~mask].clone()
+    model.split_gaussians(mask, opt)
+    assert model.num_gaussians == n - 3 + 6
+    children = slice(n - 3, None)
+    assert torch.equal(model.binding[children], parent_binding.repeat(2))
+    assert torch.equal(model.barycentric[children], parent_bary.repeat(2, 1))
+    assert torch.allclose(model.log_scale[children].exp(), parent_scale.repeat(2, 1) / 1.6)
+    offset = (model.xyz.detach()[children] - parent_xyz.repeat(2, 1)).norm(dim=-1)
+    assert (offset > 0).all() and (offset < 6 * parent_scale.amax(-1).repeat(2)).all()
+    avg, sq = moments(opt, model.log_scale)
+    assert torch.equal(sq[: n - 3], kept_sq) and sq[children].abs().sum() == 0 and avg[children].abs().sum() == 0
+
+
+def test_prune_never_empties_a_triangle_and_keeps_moments_aligned() -> None:
+    model = small_model()
+    opt = stepped_adam(model)
+    n = model.num_gaussians
+    face_a, face_b = model.binding[0], model.binding[2]
+    mask = (model.binding == face_a) | (model.binding == face_b)
+    mask[torch.nonzero(model.binding == face_b)[0]] = False  # face_b keeps one Gaussian: the other may go
+    keep_rows = ~((model.binding == face_b) & mask)
+    sh_sq = moments(opt, model.sh_dc)[1][keep_rows].clone()
+    removed = model.prune_gaussians(mask, opt)
+    assert int(removed.sum()) == 1 and model.num_gaussians == n - 1
+    assert int((model.binding == face_a).sum()) == 2, "face_a would have been emptied: none of its Gaussians go"
+    assert int((model.binding == face_b).sum()) == 1
+    assert torch.equal(moments(opt, model.sh_dc)[1], sh_sq)
+    faces = torch.unique(model.binding)
+    assert len(faces) == n // 2
+
+
+def test_densify_and_prune_selects_by_gradient_and_size_and_resets_statistics() -> None:
+    model = small_model(densify=True, densify_grad_threshold=1e-3, prune_opacity=0.05)
+    opt = stepped_adam(model)
+    n = model.num_gaussians
+    with torch.no_grad():
+        model.grad_count.fill_(2.0)
+        model.grad_accum[[0, 1]] = 0.01  # mean 5e-3 ≥ 1e-3: densify
+        model.grad_accum[2] = 1e-3  # mean 5e-4: no
+        tri = model.template_face_scale
+        model.log_scale[1] = math.log(4 * tri.mean() / tri[model.binding[1]])  # 4 mean triangle scales: split
+        model.opacity_logit[5] = -10.0  # pruned (its triangle keeps its other Gaussian)
+    counts = model.densify_and_prune(opt)
+    assert counts == {"cloned": 1, "split": 1, "pruned": 1, "gaussians": n + 1 + 1 - 1}
+    assert model.grad_accum.abs().sum() == 0 and model.grad_count.abs().sum() == 0
+    assert model.grad_accum.shape == (model.num_gaussians,)
+    assert all(opt.state[p]["exp_avg"].shape == p.shape for p in model.parameters())
+
+
+def test_screen_gradient_proxy_equals_the_projected_mean_gradient() -> None:
+    """A loss that reads a Gaussian only through its projected pixel position: the proxy recovers
+    ∂L/∂u exactly (× W/2 for NDC), through a non-rigid posing transform and a rotated camera."""
+    from avatar_lightning.lit.baseline import screen_gradient_norm
+
+    g = torch.Generator().manual_seed(0)
+    K = intrinsics_from_fov(40.0, 32, 24).double()[None]
+    w2c = torch.eye(4, dtype=torch.float64)
+    w2c[:3, :3], w2c[:3, 3] = random_rotation(3), torch.tensor([0.0, 0.0, 0.6], dtype=torch.float64)
+    A = (torch.eye(3, dtype=torch.float64) + 0.2 * torch.randn(5, 3, 3, generator=g, dtype=torch.float64))[None]
+    t = 0.01 * torch.randn(5, 3, generator=g, dtype=torch.float64)
+    canonical = (0.02 * torch.randn(1, 5, 3, generator=g, dtype=torch.float64)).requires_grad_()
+    posed = (A @ canonical[..., None])[..., 0] + t
+    cam = posed @ w2c[:3, :3].T + w2c[:3, 3]
+    uv = cam[..., :2] / cam[..., 2:] * K[0].diagonal()[:2] + K[0, :2, 2]
+    weights = torch.randn(1, 5, 2, generator=g, dtype=torch.float64)
+    (uv * weights).sum().backward()  # ∂L/∂u = weights
+    norm, visible = screen_gradient_norm(canonical.grad, A, posed.detach(), K, w2c[None], 32, 24)
+    expected = (weights * torch.tensor([16.0, 12.0], dtype=torch.float64)).norm(dim=-1)
+    assert torch.allclose(norm, expected, rtol=1e-9) and visible.all()
+    behind = w2c.clone()
+    behind[2, 3] = -0.6
+    assert not screen_gradient_norm(canonical.grad, A, posed.detach(), K, behind[None], 32, 24)[1].any()
+
+
+def test_densifying_fit_changes_n_lowers_the_loss_and_round_trips_a_checkpoint(tmp_path: Path) -> None:
+    """A teacher-student fit (as in the tiny fit above) densifying at steps 4, 8 and 12; its checkpoint
+    (N changed) loads into a fresh module and resumes training with matching Adam state."""
+    torch.manual_seed(0)
+    teacher = GaussianAvatarBaseline(regions=["nose"], render_backend="torch", gaussians_per_face=3)
+    with torch.no_grad():
+        teacher.sh_dc.normal_(0, 1)
+        teacher.opacity_logit.fill_(2.0)
+    sample = {k: v[0] for k, v in make_batch(teacher.head, size=16).items()}
+    with torch.no_grad():
+        sample["image"] = teacher.render({k: v[None] for k, v in sample.items()}).rgb[0]
+    student = GaussianAvatarBaseline(regions=["nose"], render_backend="torch", lr_color=0.1, densify=True,
+                                     densify_from=2, densify_interval=4, densify_until=14,
+                                     densify_grad_threshold=1e-4)
+    loader = DataLoader(Repeat(sample, 3), batch_size=1)
+    batch = next(iter(loader))
+    with torch.no_grad():
+        before = float(student.photometric_loss(student.render(batch), batch))
+    n0 = student.num_gaussians
+
+    def trainer(steps: int) -> Trainer:
+        return Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False,
+                       enable_model_summary=False, default_root_dir=tmp_path, enable_checkpointing=False)
+
+    fit = trainer(20)
+    fit.fit(student, loader)
+    with torch.no_grad():
+        after = float(student.photometric_loss(student.render(batch), batch))
+    assert student.num_gaussians > n0 and after < 0.7 * before
+    assert student.grad_accum.shape == student.binding.shape == (student.num_gaussians,)
+    assert all(fit.optimizers[0].state[p]["exp_avg"].shape == p.shape for p in student.parameters())
+    ckpt = tmp_path / "dense.ckpt"
+    fit.save_checkpoint(ckpt)
+    restored = GaussianAvatarBaseline.load_from_checkpoint(ckpt)
+    assert restored.num_gaussians == student.num_gaussians
+    for name, value in student.state_dict().items():
+        assert torch.equal(restored.state_dict()[name], value), name
+    with torch.no_grad():
+        assert torch.allclose(restored.render(batch).rgb, student.render(batch).rgb, atol=1e-6)
+    fresh = GaussianAvatarBaseline(**student.hparams)  # the initial N: resuming must resize it first
+    resumed = trainer(21)
+    resumed.fit(fresh, loader, ckpt_path=ckpt)
+    assert resumed.global_step == 21 and fresh.num_gaussians == student.num_gaussians
+    adam = resumed.optimizers[0]
+    assert all(adam.state[p]["exp_avg"].shape == p.shape for p in fresh.parameters())
+
+
+def test_densification_is_off_by_default_and_delays_early_stopping_when_on() -> None:
+    model = small_model()
+    assert not model.tracking_gradients and model.min_steps_before_stopping == 0
+    assert small_model(densify=True, densify_until=450, densify_interval=30).min_steps_before_stopping == 480
