@@ -215,7 +215,9 @@ class SyntheticDataModule(LightningDataModule):
         if not is_complete(self.data_dir, self.config):
             generate(self.config, self.data_dir, workers=self.hparams.generate_workers)
         if self.hparams.with_uv:
-            self._uv_cache().build_all(self.config.identities, fewshot=self.split_identities()["test"])
+            # few-shot textures for the validation identities too: method settings are tuned on them
+            splits = self.split_identities()
+            self._uv_cache().build_all(self.config.identities, fewshot=splits["test"] + splits["val"])
 
     def _uv_cache(self) -> UVCache:
         self.rig = self.rig or Rig.from_dict(_read_json(self.data_dir / layout.CAMERAS))

@@ -84,3 +84,9 @@ def test_every_init_argument_is_configurable_from_the_cli() -> None:
     assert cfg.data.identities == 5 and list(cfg.data.image_size) == [32, 24] and cfg.data.views == 2
     dm = SyntheticDataModule(**{k: v for k, v in vars(cfg.data).items()})
     assert (dm.image_height, dm.image_width) == (32, 24)
+
+
+def test_validation_identities_get_a_fewshot_split_too(tiny_dm: SyntheticDataModule) -> None:  # noqa: F811
+    val = tiny_dm.split_identities()["val"][0]
+    few = tiny_dm.fewshot(val)  # settings are tuned on validation identities, never on test ones
+    assert few.identity == val and few.inputs["uv_texture"].shape[0] == 1

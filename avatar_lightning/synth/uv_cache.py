@@ -66,13 +66,19 @@ class UVCache:
         mask = [load_image(layout.image_path(self.root, identity, 0, c, "mask"))[:1] for c in cameras]
         return torch.stack(rgb), torch.stack(mask)
 
+    def is_built(self, identity: int, fewshot: bool = False) -> bool:
+        """The identity's entry exists (with its few-shot texture when ``fewshot``)."""
+        path = self.path(identity)
+        return path.is_file() and (not fewshot or "fewshot_texture" in torch.load(path))
+
     def build(self, identity: int, fewshot: bool = False) -> None:
         """Compute and store one identity's UV inputs unless the file exists."""
         from avatar_lightning.head.texture import uv_inputs
         from avatar_lightning.head.uv import expression_map
 
-        if self.path(identity).is_file():
+        if self.is_built(identity, fewshot):
             return
+        self._memory.pop(identity, None)  # e.g. built before it was held out: now with its few-shot texture
         head, raster = self._head_and_raster()
         params = [torch.load(layout.sample_dir(self.root, identity, e) / "params.pt")
                   for e in range(self.config.expressions)]
@@ -93,7 +99,7 @@ class UVCache:
 
     def build_all(self, identities: int, fewshot: list[int], progress: bool = True) -> None:
         """Build every identity's entry (resumable: existing files are kept)."""
-        todo = [i for i in range(identities) if not self.path(i).is_file()]
+        todo = [i for i in range(identities) if not self.is_built(i, i in fewshot)]
         for i in tqdm(todo, desc="uv inputs", unit="identity", disable=not progress or not todo):
             self.build(i, fewshot=i in fewshot)
 
