@@ -285,6 +285,36 @@ class AvatarEvalMixin:
 
 
 
+def _comparable(value: object) -> object:
+    """YAML gives lists and dicts where defaults are tuples and dataclasses: compare them as values."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, _comparable(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_comparable(v) for v in value)
+    return value
+
+
+def refuse_other_shape(owner: str, saved: Mapping, current: Mapping, keys: Iterable[str]) -> None:
+    """Refuse a checkpoint whose hyper-parameters that shape the model or its inputs differ.
+
+    Args:
+        owner: the module's name, for the message.
+        saved: the checkpoint's ``hyper_parameters``.
+        current: the module's ``hparams``.
+        keys: the shaping fields (head model, coefficient counts, map sizes, …); a key the
+            checkpoint does not record (written by an older version) is not compared.
+
+    Raises:
+        ValueError: naming every differing field with both values.
+    """
+    diff = [f"{k}: checkpoint {saved[k]!r}, config {current.get(k)!r}" for k in keys
+            if k in saved and _comparable(saved[k]) != _comparable(current.get(k))]
+    if diff:
+        raise ValueError(f"{owner}: the checkpoint was written for another model or input shape ("
+                         + "; ".join(diff) + "). Use the run's own config.yaml (in its log folder) or set "
+                         "these fields to the checkpoint's values.")
+
+
 def stop_reason(trainer: object) -> tuple[str, str]:
     """Why a fit ended: ``(kind, sentence)``.
 
@@ -312,7 +342,12 @@ class AvatarCheckpointMixin:
         for key in [k for k in checkpoint["state_dict"] if k.startswith("head.")]:
             del checkpoint["state_dict"][key]
 
+    #: hyper-parameters that shape the module or its inputs: a checkpoint that differs is refused
+    SHAPING_HPARAMS: tuple[str, ...] = ()
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        refuse_other_shape(type(self).__name__, checkpoint.get("hyper_parameters") or {},
+                           self.hparams, self.SHAPING_HPARAMS)  # type: ignore[attr-defined]
         checkpoint["state_dict"].update({f"head.{k}": v for k, v in self.head.state_dict().items()})  # type: ignore[attr-defined]
 
     def remember_inputs(self, batch: Mapping[str, Tensor]) -> None:

@@ -172,6 +172,8 @@ class GaussianAvatarBaseline(DensityControlMixin, AvatarCheckpointMixin, AvatarE
             so 0 = off by default).
     """
 
+    SHAPING_HPARAMS = ("head_model", "n_shape", "n_expr", "head_seed", "sh_degree", "regions")
+
     def __init__(self, head_model: str = "builtin", n_shape: int = 20, n_expr: int = 15,
                  gaussians_per_face: int = 1, sh_degree: int = 1, init_opacity: float = 0.1,
                  init_scale: float = 0.5, lr_position: float = 5e-3, lr_rotation: float = 1e-3,

@@ -30,7 +30,12 @@ from torch import Tensor, nn
 
 from avatar_lightning.batch import validate_batch
 from avatar_lightning.lit.assemble import Assembled
-from avatar_lightning.lit.avatar_common import AvatarCheckpointMixin, AvatarEvalMixin, eval_metrics
+from avatar_lightning.lit.avatar_common import (
+    AvatarCheckpointMixin,
+    AvatarEvalMixin,
+    eval_metrics,
+    refuse_other_shape,
+)
 from avatar_lightning.lit.render_step import MeshBinding, render_batch
 from avatar_lightning.lit.synshot_prior import SynShotPrior
 from avatar_lightning.losses import PhotometricLoss
@@ -317,6 +322,10 @@ class SynShotInversion(AvatarCheckpointMixin, AvatarEvalMixin, LightningModule):
         checkpoint["inversion"] = {"loss_history": self.loss_history}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved_prior = (checkpoint.get("hyper_parameters") or {}).get("prior_hparams")
+        if saved_prior and self.hparams.get("prior_hparams"):  # resuming on another prior's network
+            refuse_other_shape("SynShotInversion (its prior)", saved_prior, self.hparams.prior_hparams,
+                               ("net", "part_samples", "head_model", "n_shape", "n_expr"))
         super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("inversion", {})
         self.loss_history = list(state.get("loss_history", []))

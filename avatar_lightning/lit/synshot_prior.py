@@ -256,6 +256,8 @@ class SynShotPrior(LightningModule):
         saved_parts = hparams.get("part_samples")
         if saved_parts is not None and dict(saved_parts) != dict(self.hparams.part_samples or {}):
             diff.append(f"part_samples: checkpoint {dict(saved_parts)}, config {dict(self.hparams.part_samples or {})}")
+        diff += [f"{k}: checkpoint {hparams[k]!r}, config {self.hparams.get(k)!r}"  # the head the maps came from
+                 for k in ("head_model", "n_shape", "n_expr") if k in hparams and hparams[k] != self.hparams.get(k)]
         if diff:
             raise ValueError("SynShotPrior: the checkpoint was trained with another network config ("
                              + "; ".join(diff) + "). Use the run's own config.yaml (in its log folder) "
