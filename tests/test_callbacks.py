@@ -34,7 +34,11 @@ def test_ema_noise_does_not_reset_patience() -> None:
     cb = EMAEarlyStopping(decay=0.9, warmup_steps=0, patience=50, min_delta=0.01)
     noise = (torch.rand(2000, generator=g) * 0.02 + 1.0).tolist()
     stopped = next((s for s, v in enumerate(noise) if cb.update(v, s)), None)
+    # Noise within ±1 % never counts as a 1 % improvement once the EMA has settled: the run stops
+    # exactly `patience` steps after the last real improvement, not earlier, and not never.
     assert stopped is not None and stopped < 300
+    assert stopped - cb.best_step == 50 and cb.stop_kind == "plateau"
+    assert 1.0 <= cb.best <= 1.02  # an EMA of values in [1, 1.02]
 
 
 def test_ema_module_can_extend_the_warmup(tmp_path: Path) -> None:
