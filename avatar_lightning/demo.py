@@ -269,6 +269,26 @@ def write_results(out: Path, fits: list[Fit], identities: list[int], timings: di
     return table
 
 
+def combine_seeds(dirs: list[Path]) -> str:
+    """Markdown table over several demo runs (seeds): per split and score, each method's mean over
+    runs of its per-run mean over identities (± std over runs), and the per-run mean Δ listed."""
+    runs = [json.loads((Path(d) / "results.json").read_text())["summary"] for d in dirs]
+    lines = ["| split | score | inversion (mean ± std over runs) | baseline | Δ per run (inversion − baseline) |",
+             "|---|---|---|---|---|"]
+    for split in SPLITS:
+        for score in SCORES:
+            key = f"{split}/{score}"
+            if not all(key in r["inversion"] and key in r["baseline"] for r in runs):
+                continue
+            cells = []
+            for method in METHODS:
+                means = [r[method][key]["mean"] for r in runs]
+                cells.append(_cell(_mean_std(means), DIGITS[score]))
+            deltas = ", ".join(f"{r['delta'][key]['mean']:+.{DIGITS[score]}f}" for r in runs)
+            lines.append(f"| {split} | {score} | {cells[0]} | {cells[1]} | {deltas} |")
+    return "\n".join(lines) + f"\n\nRuns: {', '.join(str(d) for d in dirs)}.\n"
+
+
 def parse_noise(text: str | None) -> dict[str, float] | None:
     """``"shape=0.3,expr=0.3,pose=0.02"`` -> dict (validated by ``data_modules.tracking_noise``)."""
     if not text:
@@ -311,7 +331,13 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--video-frames", type=int, default=8, help="frames of each fit's exported turntable")
     parser.add_argument("--prior-only", action="store_true", help="train and save the prior, then stop "
                         "(fit later with --skip-prior OUT/prior.ckpt)")
+    parser.add_argument("--combine", nargs="+", default=None, metavar="RUN_DIR",
+                        help="only print the table over finished runs (e.g. one per --seed), then stop")
     args = parser.parse_args(argv)
+    if args.combine:
+        table = combine_seeds([Path(d) for d in args.combine])
+        print(table)
+        return table
     out = Path(args.out)
     noise = parse_noise(args.tracking_noise)
     timings: dict[str, float] = {}
