@@ -127,15 +127,21 @@ class Repeat(Dataset):
         return self.sample
 
 
-def test_tiny_fit_lowers_the_loss_and_checkpoints_without_head(tmp_path: Path) -> None:
+def teacher_sample(**kwargs: object) -> dict[str, torch.Tensor]:
+    """One sample (no batch dim) whose images a random nose-only teacher baseline rendered (seed 0)."""
     torch.manual_seed(0)
-    teacher = GaussianAvatarBaseline(regions=["nose"], render_backend="torch")
+    teacher = GaussianAvatarBaseline(regions=["nose"], render_backend="torch", **kwargs)
     with torch.no_grad():
         teacher.sh_dc.normal_(0, 1)
         teacher.opacity_logit.fill_(2.0)
     sample = {k: v[0] for k, v in make_batch(teacher.head, size=16).items()}
     with torch.no_grad():
         sample["image"] = teacher.render({k: v[None] for k, v in sample.items()}).rgb[0]
+    return sample
+
+
+def test_tiny_fit_lowers_the_loss_and_checkpoints_without_head(tmp_path: Path) -> None:
+    sample = teacher_sample()
     student = GaussianAvatarBaseline(regions=["nose"], render_backend="torch", lr_color=0.1)
     loader = DataLoader(Repeat(sample, 3), batch_size=1)  # repeats: still 2 distinct input images
     batch = next(iter(loader))
@@ -283,14 +289,7 @@ def test_screen_gradient_proxy_equals_the_projected_mean_gradient() -> None:
 def test_densifying_fit_changes_n_lowers_the_loss_and_round_trips_a_checkpoint(tmp_path: Path) -> None:
     """A teacher-student fit (as in the tiny fit above) densifying at steps 4, 8 and 12; its checkpoint
     (N changed) loads into a fresh module and resumes training with matching Adam state."""
-    torch.manual_seed(0)
-    teacher = GaussianAvatarBaseline(regions=["nose"], render_backend="torch", gaussians_per_face=3)
-    with torch.no_grad():
-        teacher.sh_dc.normal_(0, 1)
-        teacher.opacity_logit.fill_(2.0)
-    sample = {k: v[0] for k, v in make_batch(teacher.head, size=16).items()}
-    with torch.no_grad():
-        sample["image"] = teacher.render({k: v[None] for k, v in sample.items()}).rgb[0]
+    sample = teacher_sample(gaussians_per_face=3)
     student = GaussianAvatarBaseline(regions=["nose"], render_backend="torch", lr_color=0.1, densify=True,
                                      densify_from=2, densify_interval=4, densify_until=14,
                                      densify_grad_threshold=1e-4)
