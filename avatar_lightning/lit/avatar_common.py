@@ -294,6 +294,12 @@ def _comparable(value: object) -> object:
     return value
 
 
+def shape_differences(saved: Mapping, current: Mapping, keys: Iterable[str]) -> list[str]:
+    """``"key: checkpoint X, config Y"`` for each of ``keys`` the checkpoint records with another value."""
+    return [f"{k}: checkpoint {saved[k]!r}, config {current.get(k)!r}" for k in keys
+            if k in saved and _comparable(saved[k]) != _comparable(current.get(k))]
+
+
 def refuse_other_shape(owner: str, saved: Mapping, current: Mapping, keys: Iterable[str]) -> None:
     """Refuse a checkpoint whose hyper-parameters that shape the model or its inputs differ.
 
@@ -307,8 +313,7 @@ def refuse_other_shape(owner: str, saved: Mapping, current: Mapping, keys: Itera
     Raises:
         ValueError: naming every differing field with both values.
     """
-    diff = [f"{k}: checkpoint {saved[k]!r}, config {current.get(k)!r}" for k in keys
-            if k in saved and _comparable(saved[k]) != _comparable(current.get(k))]
+    diff = shape_differences(saved, current, keys)
     if diff:
         raise ValueError(f"{owner}: the checkpoint was written for another model or input shape ("
                          + "; ".join(diff) + "). Use the run's own config.yaml (in its log folder) or set "

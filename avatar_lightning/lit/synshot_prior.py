@@ -27,6 +27,7 @@ from torch import Tensor
 from avatar_lightning.batch import validate_batch
 from avatar_lightning.head.model import load_head_model
 from avatar_lightning.lit.assemble import Assembled, GaussianAssembler
+from avatar_lightning.lit.avatar_common import shape_differences
 from avatar_lightning.lit.render_step import head_centre, render_batch
 from avatar_lightning.losses import GaussianRegularizer, PhotometricLoss, geometry_l1
 from avatar_lightning.losses.photometric import l1_loss, ssim
@@ -256,8 +257,7 @@ class SynShotPrior(LightningModule):
         saved_parts = hparams.get("part_samples")
         if saved_parts is not None and dict(saved_parts) != dict(self.hparams.part_samples or {}):
             diff.append(f"part_samples: checkpoint {dict(saved_parts)}, config {dict(self.hparams.part_samples or {})}")
-        diff += [f"{k}: checkpoint {hparams[k]!r}, config {self.hparams.get(k)!r}"  # the head the maps came from
-                 for k in ("head_model", "n_shape", "n_expr") if k in hparams and hparams[k] != self.hparams.get(k)]
+        diff += shape_differences(hparams, self.hparams, ("head_model", "n_shape", "n_expr"))  # the maps' head
         if diff:
             raise ValueError("SynShotPrior: the checkpoint was trained with another network config ("
                              + "; ".join(diff) + "). Use the run's own config.yaml (in its log folder) "
