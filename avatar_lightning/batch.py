@@ -21,9 +21,13 @@ key                shape               dtype    meaning
 ``uv_texture``     [B, 3, h, w]        float    texture back-projected onto UV (prior input)
 ``uv_position``    [B, 3, h, w]        float    neutral-identity position map (x_verts)
 ``uv_expression``  [B, 3, h, w]        float    expression offset map (x_exp)
+``uv_identity``    [B, 3, h, w]        float    3DRealHead identity texture (1/3 neutral views, mouth 0)
+``uv_expr_offset`` [B, 3, h, w]        float    3DRealHead canonical expression + jaw offsets, cm
+``uv_mouth``       [B, 3, h, w]        float    3DRealHead driving features of the frontal frame, mouth
 =================  ==================  =======  ==================================================
 
-The three ``uv_*`` keys are optional for DataModules that serve models which do not need them.
+The ``uv_*`` keys are optional for DataModules that serve models which do not need them: SynShot
+needs :data:`UV_KEYS`, 3DRealHead :data:`REALHEAD_KEYS` (``avatar_lightning.realhead.inputs``).
 """
 
 from __future__ import annotations
@@ -49,17 +53,25 @@ SCHEMA: dict[str, tuple[tuple[str | int, ...], str]] = {
     "uv_texture": (("B", 3, "h", "w"), "float"),
     "uv_position": (("B", 3, "h", "w"), "float"),
     "uv_expression": (("B", 3, "h", "w"), "float"),
+    "uv_identity": (("B", 3, "h", "w"), "float"),
+    "uv_expr_offset": (("B", 3, "h", "w"), "float"),
+    "uv_mouth": (("B", 3, "h", "w"), "float"),
 }
 REQUIRED = tuple(k for k in SCHEMA if not k.startswith("uv_"))
-UV_KEYS = tuple(k for k in SCHEMA if k.startswith("uv_"))
+#: SynShot's prior inputs.
+UV_KEYS = ("uv_texture", "uv_position", "uv_expression")
+#: 3DRealHead's conditioning inputs.
+REALHEAD_KEYS = ("uv_identity", "uv_expr_offset", "uv_mouth")
 
 
-def validate_batch(batch: Mapping[str, Tensor], require_uv: bool = False) -> dict[str, int]:
+def validate_batch(batch: Mapping[str, Tensor], require_uv: bool = False, require_realhead: bool = False
+                   ) -> dict[str, int]:
     """Check a batch against :data:`SCHEMA`.
 
     Args:
         batch: the batch to check.
-        require_uv: also require the ``uv_*`` keys.
+        require_uv: also require SynShot's :data:`UV_KEYS`.
+        require_realhead: also require 3DRealHead's :data:`REALHEAD_KEYS`.
 
     Returns:
         The bound dimension sizes, e.g. ``{"B": 2, "V": 4, "H": 64, ...}``.
@@ -67,7 +79,7 @@ def validate_batch(batch: Mapping[str, Tensor], require_uv: bool = False) -> dic
     Raises:
         ValueError: naming the key and what was expected.
     """
-    required = REQUIRED + (UV_KEYS if require_uv else ())
+    required = REQUIRED + (UV_KEYS if require_uv else ()) + (REALHEAD_KEYS if require_realhead else ())
     missing = [k for k in required if k not in batch]
     if missing:
         raise ValueError(f"batch is missing keys {missing}; the schema is avatar_lightning.batch.SCHEMA")
