@@ -5,21 +5,82 @@ Every YAML names its model and data by ``class_path``; configs stack (``-c base.
     lightning fit -c experiments/prior.yaml
     lightning fit -c experiments/prior.yaml --ckpt_path last     # resume the newest run under default_root_dir
     lightning validate -c experiments/prior.yaml --ckpt_path runs/.../last.ckpt
+
+What the data decides reaches the model through ``link_arguments`` (:data:`DATA_LINKS`: head
+model, coefficient counts, UV map size), so configs never copy those values by hand. A link applies
+when the chosen model has the field; a DataModule that does not state the value leaves the model's
+own. The few-shot data of an inversion or baseline decides through its subject's dataset (by
+default the one the prior was trained on, read from the checkpoint the model's
+``prior_checkpoint`` names, :data:`MODEL_LINKS`).
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
+
+from avatar_lightning.lit.fewshot_data import FewShotDataModule, subject_source
 
 #: Where runs (TensorBoard logs, checkpoints) go unless a config says otherwise.
 DEFAULT_ROOT_DIR = "runs"
+
+#: What the data decides: (data init argument, model target). Add a row when a model takes another.
+DATA_LINKS = (
+    ("head_model", "model.init_args.head_model"),
+    ("n_shape", "model.init_args.n_shape"),
+    ("n_expr", "model.init_args.n_expr"),
+    ("uv_size", "model.init_args.net.map_resolution"),  # SynShot's maps are the data's UV inputs
+    ("uv_size", "model.init_args.uv_size"),  # 3DRealHead's
+)
+#: What the model decides for the data: the prior an inversion inverts is its data's default subject source.
+MODEL_LINKS = (
+    ("model.init_args.prior_checkpoint", "data.init_args.prior_checkpoint"),
+    ("model.init_args.runs_dir", "data.init_args.runs_dir"),
+)
+
+
+def _import(class_path: str) -> Any:
+    module, name = class_path.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
+
+
+def config_value(config: dict[str, Any], field: str) -> Any:
+    """``field`` of a ``{class_path, init_args}`` config: as given, else the class's default (None: neither)."""
+    init_args = config.get("init_args") or {}
+    if field in init_args:
+        return init_args[field]
+    parameter = inspect.signature(_import(config["class_path"])).parameters.get(field)
+    return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
+
+
+def data_value(field: str) -> Callable[[Namespace | None, Any], Any]:
+    """The ``compute_fn`` of a data link ``(data, model's own value) -> value``: ``field`` of the parsed
+    data config, or of the subject's dataset for :class:`FewShotDataModule` (its ``source``, else its
+    prior's recorded dataset); the model's own value when the data does not state one."""
+
+    def value(data: Namespace | None, own: Any) -> Any:
+        if data is None:
+            return own
+        args = data.init_args.as_dict()
+        if field in args:
+            return args[field]
+        if issubclass(_import(data.class_path), FewShotDataModule):
+            found = config_value(subject_source(args["source"], args["prior_checkpoint"], args["runs_dir"]), field)
+            return own if found is None else found
+        return own
+
+    value.__name__ = f"data_{field}"
+    return value
 
 
 class AvatarCLI(LightningCLI):
@@ -44,6 +105,13 @@ class AvatarCLI(LightningCLI):
             **kwargs,
         )
 
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # The model -> data links first: jsonargparse applies links in the order they are added, and
+        # the data values of a few-shot fit depend on the prior the model names.
+        for source, target in MODEL_LINKS:
+            parser.link_arguments(source, target)
+        for field, target in DATA_LINKS:  # the target is a source too: skipped when the model lacks it
+            parser.link_arguments(("data", target), target, compute_fn=data_value(field))
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)

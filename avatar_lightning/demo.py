@@ -43,6 +43,7 @@ from torch import Tensor
 
 from avatar_lightning.cli import AvatarCLI
 from avatar_lightning.io import atomic_path, save_image, write_bytes, write_json
+from avatar_lightning.lit.checkpoint import recorded_dataset
 from avatar_lightning.viz import enlarge, hstack_images, line_plot, make_grid
 
 METHODS = {"inversion": "SynShot inversion (prior)", "baseline": "no-prior baseline (GaussianAvatars-style)"}
@@ -88,13 +89,13 @@ def run_cli(args: list[str]) -> AvatarCLI:
     return AvatarCLI(args=["fit", *args])
 
 
-def train_prior(config: str, overrides: list[str], out: Path) -> tuple[Path, dict[str, Any]]:
-    """Fit the prior; returns its checkpoint path and the data config it trained on."""
+def train_prior(config: str, overrides: list[str], out: Path) -> Path:
+    """Fit the prior; returns its checkpoint path (the checkpoint records the dataset it trained on)."""
     cli = run_cli(["-c", config, f"--trainer.default_root_dir={out / 'prior_run'}", *overrides])
     path = out / "prior.ckpt"
     with atomic_path(path) as tmp:
         cli.trainer.save_checkpoint(tmp)
-    return path, cli.config["fit"]["data"].as_dict()
+    return path
 
 
 def held_out_identities(data_config: dict[str, Any], count: int) -> list[int]:
@@ -112,13 +113,12 @@ def held_out_identities(data_config: dict[str, Any], count: int) -> list[int]:
     return test[:count]
 
 
-def fit_avatar(method: str, identity: int, prior: Path, data_config: dict[str, Any], out: Path,
-               overrides: list[str]) -> Fit:
-    """Invert the prior (``method="inversion"``) or fit the baseline for one identity; score it and
-    write its ``results.json``."""
+def fit_avatar(method: str, identity: int, prior: Path, out: Path, overrides: list[str]) -> Fit:
+    """Invert the prior (``method="inversion"``) or fit the baseline for one held-out identity of the
+    prior's dataset; score it and write its ``results.json``."""
     configs = ["-c", "experiments/invert.yaml"] + (["-c", "experiments/baseline.yaml"] if method == "baseline" else [])
     dest = out / method / str(identity)
-    args = [*configs, f"--data.init_args.source={json.dumps(data_config)}", f"--data.init_args.identity={identity}",
+    args = [*configs, f"--data.init_args.prior_checkpoint={prior}", f"--data.init_args.identity={identity}",
             f"--trainer.default_root_dir={dest / 'run'}", f"--model.init_args.output_dir={dest}", *overrides]
     if method == "inversion":
         args.append(f"--model.init_args.prior_checkpoint={prior}")
@@ -344,26 +344,20 @@ def main(argv: list[str] | None = None) -> str:
     start = time.perf_counter()
     if args.skip_prior:
         prior = Path(args.skip_prior)
-        data_config = torch.load(prior, map_location="cpu", weights_only=False)["demo_data_config"]
     else:
-        prior, data_config = train_prior(args.prior_config, [f"--seed_everything={args.seed}", *args.prior_override],
-                                         out)
-        ckpt = torch.load(prior, map_location="cpu", weights_only=False)
-        ckpt["demo_data_config"] = data_config  # lets --skip-prior rebuild the same dataset
-        with atomic_path(prior) as tmp:
-            torch.save(ckpt, tmp)
+        prior = train_prior(args.prior_config, [f"--seed_everything={args.seed}", *args.prior_override], out)
     timings["prior"] = time.perf_counter() - start
     if args.prior_only:
         print(f"prior saved to {prior} ({timings['prior']:.0f} s)")
         return ""
-    identities = held_out_identities(data_config, args.identities)
+    identities = held_out_identities(recorded_dataset(prior), args.identities)
     fits = []
     for identity in identities:
         for method in METHODS:
             t = time.perf_counter()
             overrides = fit_overrides(method, args.seed, args.cap_steps_per_frame, args.max_steps, noise,
                                       args.video_frames)
-            fits.append(fit_avatar(method, identity, prior, data_config, out, overrides))
+            fits.append(fit_avatar(method, identity, prior, out, overrides))
             timings[f"{method}/{identity}"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - start
     settings = {"seed": args.seed, "prior": str(prior), "cap_steps_per_frame": args.cap_steps_per_frame,

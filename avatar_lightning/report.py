@@ -110,7 +110,7 @@ def reconstruct(model: Any, data: Any, identities: list[int]) -> dict[int, dict[
     out: dict[int, dict[str, Tensor]] = {}
     for identity in identities:
         batch = identity_batch(data, identity, list(range(data.config.expressions)))
-        _, _, render = model(batch)
+        render = model(batch).render
         out[identity] = {"target": batch["image"], "render": render.rgb.clamp(0, 1), "mask": batch["mask"]}
     return out
 

@@ -54,10 +54,10 @@ def main() -> None:
         inversion.capture_identity(b)
 
         def inv_loss(x):
-            return inversion.photometric_loss(inversion.render(x), x)
+            return inversion.compute_losses(x, inversion(x))["photometric"]
 
         def base_loss(x):
-            return baseline.photometric_loss(baseline.render(x), x)
+            return baseline.compute_losses(x, baseline(x))["photometric"]
 
         n_inv = inversion.assemble(b).gaussians.num_gaussians
         print(f"inversion stage 1  {size}x{size} x3 views  N={n_inv:6d}  "

@@ -24,8 +24,8 @@ import yaml
 from torch import Tensor
 
 from avatar_lightning.head.model import HeadModel, load_head_model
-from avatar_lightning.head.uv import part_masks, position_map, uv_rasterize
-from avatar_lightning.models import GaussianOffsets, PartPrediction, SynShotNet, sample_uv, texel_grid
+from avatar_lightning.head.uv import part_masks, position_map, sample_uv, texel_grid, uv_rasterize
+from avatar_lightning.models import GaussianOffsets, PartPrediction, SynShotNet
 from avatar_lightning.models.densify import PartGrid, part_gaussians, part_grid, sample_part
 
 CASES = {
@@ -41,16 +41,23 @@ CASES = {
 }
 
 
-def yaml_model(name: str) -> dict:
-    """The ``model.init_args`` block of ``experiments/<name>``."""
+def yaml_config(name: str) -> dict:
+    """``experiments/<name>`` as a dict."""
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments", name)
     with open(path) as f:
-        return dict(yaml.safe_load(f)["model"]["init_args"])
+        return yaml.safe_load(f)
+
+
+def yaml_model(name: str) -> dict:
+    """The ``model.init_args`` block of ``experiments/<name>``."""
+    return dict(yaml_config(name)["model"]["init_args"])
 
 
 def yaml_net(name: str) -> dict:
-    """The ``model.init_args.net`` block of ``experiments/<name>``."""
-    return dict(yaml_model(name)["net"])
+    """The ``model.init_args.net`` block of ``experiments/<name>``, with the map resolution the CLI
+    links from its data's ``uv_size``."""
+    config = yaml_config(name)
+    return {**config["model"]["init_args"]["net"], "map_resolution": config["data"]["init_args"]["uv_size"]}
 
 
 def step(net: SynShotNet, batch: int, samples: int) -> None:

@@ -12,6 +12,9 @@ Under gradient accumulation the EMA advances once per optimiser step (the loss o
 that completed it), not once per micro-batch. Why a run ended is kept in ``stop_kind``
 (``"plateau"``, ``"budget"``, ``"non_finite"`` or ``None`` while running / when the trainer's own
 ``max_steps`` ended it) and ``reason`` (a sentence).
+
+What it reads from the module, and what it records for it, is the contract of
+:mod:`avatar_lightning.lit.stopping` (:class:`EarlyStoppable`, :class:`StopRecord`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
 
+from avatar_lightning.lit.stopping import EarlyStoppable
 from callbacks.non_finite_stop import NonFiniteStop
 
 
@@ -30,13 +34,15 @@ class EMAEarlyStopping(NonFiniteStop):
     Args:
         monitor: key in ``trainer.callback_metrics`` logged every training step (e.g. ``train/loss``).
         decay: EMA decay per step; the EMA is ``decay * ema + (1 - decay) * value``.
-        warmup_steps: no stopping before this many optimiser steps (the EMA still updates). A module
-            may ask for a longer warm-up through a ``min_steps_before_stopping`` attribute (the
-            inversion does: its stage 1 must end and stage 2 warm up first); the larger one applies.
+        warmup_steps: no stopping before this many optimiser steps (the EMA still updates). An
+            :class:`~avatar_lightning.lit.stopping.EarlyStoppable` module may ask for a longer
+            warm-up (``min_steps_before_stopping``; the inversion does: its stage 1 must end and
+            stage 2 warm up first); the larger one applies.
         patience: steps without an improvement larger than ``min_delta`` before stopping.
         min_delta: relative improvement of the EMA that counts (0.001 = 0.1 %).
         max_steps_per_frame: if > 0, also stop after ``max_steps_per_frame × n_frames`` steps, where
-            ``n_frames`` is read from the module's ``n_input_frames`` attribute (SynShot: ×10).
+            ``n_frames`` is an :class:`~avatar_lightning.lit.stopping.EarlyStoppable` module's
+            ``n_input_frames`` (its DataModule's count; SynShot: ×10); other modules have no budget.
     """
 
     def __init__(
@@ -96,9 +102,10 @@ class EMAEarlyStopping(NonFiniteStop):
         if not stop and not math.isfinite(float(value)):
             self._non_finite(trainer, self.monitor, float(value), step - 1)  # logged before the step counted
             stop = True
+        stoppable = isinstance(pl_module, EarlyStoppable)
         if not stop:
-            stop = self.update(float(value), step, int(getattr(pl_module, "min_steps_before_stopping", 0)))
-        n_frames = int(getattr(pl_module, "n_input_frames", 0))
+            stop = self.update(float(value), step, int(pl_module.min_steps_before_stopping) if stoppable else 0)
+        n_frames = int(pl_module.n_input_frames) if stoppable else 0
         if not stop and self.max_steps_per_frame > 0 and n_frames > 0 and step >= self.max_steps_per_frame * n_frames:
             stop, self.reason = True, f"step budget {self.max_steps_per_frame} x {n_frames} frames reached"
             self.stop_kind = "budget"

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from avatar_lightning.head.texture import uv_inputs
 from avatar_lightning.io import load_image
+from avatar_lightning.lit.fewshot_data import FewShotSplit
 from avatar_lightning.synth import layout
 from avatar_lightning.synth.config import GeneratorConfig
 from avatar_lightning.synth.generate import generate, is_complete
@@ -99,25 +100,6 @@ def fewshot_cameras(rig: Rig, count: int = 3) -> list[int]:
         cost[chosen] = float("inf")
         chosen.append(int(cost.argmin()))
     return chosen
-
-
-@dataclass
-class FewShotSplit:
-    """A held-out identity for the inversion: a few neutral input views and the rest for evaluation.
-
-    Attributes:
-        identity: the held-out identity's index.
-        inputs: one schema sample with V = ``len(input_cameras)`` (batch dim B = 1), with
-            ``uv_texture`` back-projected from the input views only.
-        evaluation: every expression from every camera except the inputs' (novel views and
-            novel expressions), as a dataset of schema samples.
-        input_cameras: the input camera indices.
-    """
-
-    identity: int
-    inputs: dict[str, Tensor]
-    evaluation: Dataset
-    input_cameras: list[int]
 
 
 class SyntheticDataModule(LightningDataModule):

@@ -1,10 +1,10 @@
-"""A tiny module and DataModule for CLI tests (not part of the product)."""
+"""Tiny modules and DataModules for tests (not part of the product)."""
 
 from __future__ import annotations
 
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 
 class DummyRegression(LightningModule):
@@ -56,3 +56,29 @@ class DummyData(LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader()
+
+
+class FewInputs(LightningDataModule):
+    """One few-shot input sample served ``repeat`` times per epoch, held-out samples for validation, and
+    the count of its input images (``avatar_lightning.lit.stopping.InputFrames``), as
+    ``FewShotDataModule`` serves a dataset's split.
+
+    Args:
+        inputs: one schema sample without the batch dim (``image`` [V, 3, H, W]).
+        evaluation: held-out schema samples.
+        repeat: training batches per epoch.
+    """
+
+    def __init__(self, inputs: dict[str, torch.Tensor], evaluation: Dataset | list = (), repeat: int = 3) -> None:
+        super().__init__()
+        self.inputs, self.evaluation, self.repeat = inputs, evaluation, repeat
+
+    @property
+    def n_input_frames(self) -> int:
+        return int(self.inputs["image"].shape[0])
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader([self.inputs] * self.repeat, batch_size=1)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.evaluation, batch_size=1)

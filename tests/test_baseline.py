@@ -11,9 +11,11 @@ from lightning.pytorch import Trainer
 from torch.utils.data import DataLoader, Dataset
 
 from avatar_lightning.batch import validate_batch
+from avatar_lightning.lit.base import Outputs
 from avatar_lightning.lit.baseline import GaussianAvatarBaseline, barycentric_samples, face_frames
 from avatar_lightning.render import intrinsics_from_fov, orbit_cameras
 from callbacks import EMAEarlyStopping
+from tests.dummy import FewInputs
 
 
 def random_rotation(seed: int) -> torch.Tensor:
@@ -35,6 +37,11 @@ def make_batch(head, views: int = 2, size: int = 24, frame: int = 0, expr_scale:
     }
     validate_batch(batch)
     return batch
+
+
+def losses(model: GaussianAvatarBaseline, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The fit's loss terms on ``batch``, rendered as evaluation renders it (no densification tracking)."""
+    return model.compute_losses(batch, Outputs(render=model.render(batch)))
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +81,7 @@ def test_init_places_gaussians_on_their_barycentric_points(model: GaussianAvatar
     corners = model.head.v_template[model.head.faces[binding.face]]
     points = (binding.bary[..., None] * corners).sum(1)
     assert torch.allclose(g.means[0], points, atol=1e-5)
-    assert g.num_gaussians == model.num_gaussians == 2 * len(torch.unique(model.binding))
+    assert g.num_gaussians == model.num_gaussians == 2 * len(torch.unique(model.binding.face))
     assert torch.allclose(g.opacities, torch.full_like(g.opacities, 0.1))
 
 
@@ -87,8 +94,8 @@ def test_bound_gaussians_follow_an_expression(model: GaussianAvatarBaseline) -> 
     verts0 = model.head.canonical(neutral["shape"], neutral["expr"])
     verts1 = model.head.canonical(expressive["shape"], expressive["expr"])
     f0, f1 = face_frames(verts0, model.head.faces), face_frames(verts1, model.head.faces)
-    assert (verts1 - verts0)[0, model.head.faces[model.binding]].abs().max() > 1e-4, "expression must move the nose"
-    b = model.binding
+    b = model.binding.face
+    assert (verts1 - verts0)[0, model.head.faces[b]].abs().max() > 1e-4, "expression must move the nose"
     local0 = torch.einsum("nji,nj->ni", f0.rotation[0, b], g0.means[0] - f0.center[0, b]) / f0.scale[0, b, None]
     local1 = torch.einsum("nji,nj->ni", f1.rotation[0, b], g1.means[0] - f1.center[0, b]) / f1.scale[0, b, None]
     assert torch.allclose(local0, local1, atol=1e-4)
@@ -109,8 +116,7 @@ def test_training_step_reaches_every_parameter(model: GaussianAvatarBaseline) ->
     batch = make_batch(model.head)
     batch["image"] = torch.rand_like(batch["image"])
     model.zero_grad()
-    loss = model.photometric_loss(model.render(batch), batch)
-    (loss + model.regularizers()).backward()
+    losses(model, batch)["loss"].backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
     assert model.sh_dc.grad.abs().sum() > 0 and model.xyz.grad.abs().sum() > 0
@@ -143,23 +149,23 @@ def teacher_sample(**kwargs: object) -> dict[str, torch.Tensor]:
 def test_tiny_fit_lowers_the_loss_and_checkpoints_without_head(tmp_path: Path) -> None:
     sample = teacher_sample()
     student = GaussianAvatarBaseline(regions=["nose"], render_backend="torch", lr_color=0.1)
-    loader = DataLoader(Repeat(sample, 3), batch_size=1)  # repeats: still 2 distinct input images
-    batch = next(iter(loader))
+    data = FewInputs(sample, repeat=3)  # repeats: still 2 distinct input images
+    batch = next(iter(data.train_dataloader()))
     with torch.no_grad():
-        before = float(student.photometric_loss(student.render(batch), batch))
+        before = float(losses(student, batch)["photometric"])
     stopper = EMAEarlyStopping(warmup_steps=2, patience=100, max_steps_per_frame=4)
     trainer = Trainer(max_steps=50, accelerator="cpu", logger=False, enable_progress_bar=False,
                       enable_model_summary=False, default_root_dir=tmp_path, callbacks=[stopper])
-    trainer.fit(student, loader)
+    trainer.fit(student, datamodule=data)
     assert student.n_input_frames == 2  # one sample x two views
     assert trainer.global_step == 8, "the EMA callback's budget is 4 steps x 2 input images"
     with torch.no_grad():
-        after = float(student.photometric_loss(student.render(batch), batch))
+        after = float(losses(student, batch)["photometric"])
     assert after < before
     ckpt = tmp_path / "b.ckpt"
     trainer.save_checkpoint(ckpt)
     state = torch.load(ckpt, weights_only=False)["state_dict"]
-    assert not any(k.startswith("head.") for k in state) and "binding" in state
+    assert not any(k.startswith("head.") for k in state) and "binding_face" in state
     restored = GaussianAvatarBaseline.load_from_checkpoint(ckpt)
     assert torch.equal(restored.sh_dc, student.sh_dc) and math.isfinite(after)
 
@@ -175,7 +181,7 @@ def stepped_adam(model: GaussianAvatarBaseline) -> torch.optim.Adam:
     opt = model.configure_optimizers()
     batch = make_batch(model.head, size=16)
     batch["image"] = torch.rand_like(batch["image"])
-    (model.photometric_loss(model.render(batch), batch) + model.regularizers()).backward()
+    losses(model, batch)["loss"].backward()
     opt.step()
     return opt
 
@@ -190,7 +196,8 @@ def test_clone_appends_copies_with_parent_binding_and_zero_moments() -> None:
     n = model.num_gaussians
     mask = torch.zeros(n, dtype=torch.bool)
     mask[[1, 4]] = True
-    before = {k: getattr(model, k).detach().clone() for k in ("xyz", "log_scale", "sh_dc", "binding", "barycentric")}
+    names = ("xyz", "log_scale", "sh_dc", "binding_face", "binding_bary")
+    before = {k: getattr(model, k).detach().clone() for k in names}
     avg_before, sq_before = (t.clone() for t in moments(opt, model.xyz))
     model.clone_gaussians(mask, opt)
     assert model.num_gaussians == n + 2
@@ -211,13 +218,13 @@ def test_split_replaces_parents_by_two_smaller_children_near_them() -> None:
     mask = torch.zeros(n, dtype=torch.bool)
     mask[[0, 3, 5]] = True
     parent_xyz, parent_scale = model.xyz.detach()[mask].clone(), model.log_scale.detach()[mask].exp()
-    parent_binding, parent_bary = model.binding[mask].clone(), model.barycentric[mask].clone()
+    parent_binding, parent_bary = model.binding.face[mask].clone(), model.binding.bary[mask].clone()
     kept_sq = moments(opt, model.log_scale)[1][~mask].clone()
     model.split_gaussians(mask, opt)
     assert model.num_gaussians == n - 3 + 6
     children = slice(n - 3, None)
-    assert torch.equal(model.binding[children], parent_binding.repeat(2))
-    assert torch.equal(model.barycentric[children], parent_bary.repeat(2, 1))
+    assert torch.equal(model.binding.face[children], parent_binding.repeat(2))
+    assert torch.equal(model.binding.bary[children], parent_bary.repeat(2, 1))
     assert torch.allclose(model.log_scale[children].exp(), parent_scale.repeat(2, 1) / 1.6)
     offset = (model.xyz.detach()[children] - parent_xyz.repeat(2, 1)).norm(dim=-1)
     assert (offset > 0).all() and (offset < 6 * parent_scale.amax(-1).repeat(2)).all()
@@ -229,17 +236,17 @@ def test_prune_never_empties_a_triangle_and_keeps_moments_aligned() -> None:
     model = small_model()
     opt = stepped_adam(model)
     n = model.num_gaussians
-    face_a, face_b = model.binding[0], model.binding[2]
-    mask = (model.binding == face_a) | (model.binding == face_b)
-    mask[torch.nonzero(model.binding == face_b)[0]] = False  # face_b keeps one Gaussian: the other may go
-    keep_rows = ~((model.binding == face_b) & mask)
+    face_a, face_b = model.binding.face[0], model.binding.face[2]
+    mask = (model.binding.face == face_a) | (model.binding.face == face_b)
+    mask[torch.nonzero(model.binding.face == face_b)[0]] = False  # face_b keeps one Gaussian: the other may go
+    keep_rows = ~((model.binding.face == face_b) & mask)
     sh_sq = moments(opt, model.sh_dc)[1][keep_rows].clone()
     removed = model.prune_gaussians(mask, opt)
     assert int(removed.sum()) == 1 and model.num_gaussians == n - 1
-    assert int((model.binding == face_a).sum()) == 2, "face_a would have been emptied: none of its Gaussians go"
-    assert int((model.binding == face_b).sum()) == 1
+    assert int((model.binding.face == face_a).sum()) == 2, "face_a would have been emptied: none of its Gaussians go"
+    assert int((model.binding.face == face_b).sum()) == 1
     assert torch.equal(moments(opt, model.sh_dc)[1], sh_sq)
-    faces = torch.unique(model.binding)
+    faces = torch.unique(model.binding.face)
     assert len(faces) == n // 2
 
 
@@ -252,7 +259,7 @@ def test_densify_and_prune_selects_by_gradient_and_size_and_resets_statistics() 
         model.grad_accum[[0, 1]] = 0.01  # mean 5e-3 ≥ 1e-3: densify
         model.grad_accum[2] = 1e-3  # mean 5e-4: no
         tri = model.template_face_scale
-        model.log_scale[1] = math.log(4 * tri.mean() / tri[model.binding[1]])  # 4 mean triangle scales: split
+        model.log_scale[1] = math.log(4 * tri.mean() / tri[model.binding.face[1]])  # 4 mean triangle scales: split
         model.opacity_logit[5] = -10.0  # pruned (its triangle keeps its other Gaussian)
     counts = model.densify_and_prune(opt)
     assert counts == {"cloned": 1, "split": 1, "pruned": 1, "gaussians": n + 1 + 1 - 1}
@@ -264,7 +271,7 @@ def test_densify_and_prune_selects_by_gradient_and_size_and_resets_statistics() 
 def test_screen_gradient_proxy_equals_the_projected_mean_gradient() -> None:
     """A loss that reads a Gaussian only through its projected pixel position: the proxy recovers
     ∂L/∂u exactly (× W/2 for NDC), through a non-rigid posing transform and a rotated camera."""
-    from avatar_lightning.lit.baseline import screen_gradient_norm
+    from avatar_lightning.lit.density import screen_gradient_norm
 
     g = torch.Generator().manual_seed(0)
     K = intrinsics_from_fov(40.0, 32, 24).double()[None]
@@ -296,7 +303,7 @@ def test_densifying_fit_changes_n_lowers_the_loss_and_round_trips_a_checkpoint(t
     loader = DataLoader(Repeat(sample, 3), batch_size=1)
     batch = next(iter(loader))
     with torch.no_grad():
-        before = float(student.photometric_loss(student.render(batch), batch))
+        before = float(losses(student, batch)["photometric"])
     n0 = student.num_gaussians
 
     def trainer(steps: int) -> Trainer:
@@ -306,9 +313,9 @@ def test_densifying_fit_changes_n_lowers_the_loss_and_round_trips_a_checkpoint(t
     fit = trainer(20)
     fit.fit(student, loader)
     with torch.no_grad():
-        after = float(student.photometric_loss(student.render(batch), batch))
+        after = float(losses(student, batch)["photometric"])
     assert student.num_gaussians > n0 and after < 0.7 * before
-    assert student.grad_accum.shape == student.binding.shape == (student.num_gaussians,)
+    assert student.grad_accum.shape == student.binding.face.shape == (student.num_gaussians,)
     assert all(fit.optimizers[0].state[p]["exp_avg"].shape == p.shape for p in student.parameters())
     ckpt = tmp_path / "dense.ckpt"
     fit.save_checkpoint(ckpt)

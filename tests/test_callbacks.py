@@ -42,7 +42,8 @@ def test_ema_noise_does_not_reset_patience() -> None:
 
 
 def test_ema_module_can_extend_the_warmup(tmp_path: Path) -> None:
-    class Patient(DummyRegression):
+    class Patient(DummyRegression):  # speaks avatar_lightning.lit.stopping.EarlyStoppable
+        n_input_frames = 0
         min_steps_before_stopping = 12
 
     cb = EMAEarlyStopping(monitor="train/loss", decay=0.5, warmup_steps=0, patience=0, min_delta=10.0)

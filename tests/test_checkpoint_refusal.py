@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from avatar_lightning.lit.avatar_common import refuse_other_shape
 from avatar_lightning.lit.baseline import GaussianAvatarBaseline
+from avatar_lightning.lit.checkpoint import refuse_other_shape
 from tests.test_lit_prior import _prior
 
 

@@ -4,7 +4,7 @@ Configs that stack on a base (``# stack-on: <file>`` on their first line) run on
 replaces only sizes (data, network, part samples, steps, video lengths) and the settings that need a
 GPU (accelerator, devices, strategy); everything else — callbacks, losses, the ablation switches,
 bf16-mixed precision — runs as shipped. The inversion configs invert a prior written by a shrunk
-fit of ``prior.yaml``.
+fit of ``prior.yaml``, and take their subject from the dataset that prior recorded.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from tests.test_synth_generate import TINY
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 CONFIGS = sorted(EXPERIMENTS.glob("**/*.yaml"))
 FAMILIES = {"avatar_lightning.lit.synshot_prior.SynShotPrior": "prior",
+            "avatar_lightning.lit.realhead_prior.RealHeadPrior": "realhead_prior",  # test_experiments_realhead.py
             "avatar_lightning.lit.inversion.SynShotInversion": "invert",
             "avatar_lightning.lit.baseline.GaussianAvatarBaseline": "baseline"}
 #: the tiny synthetic set with 8 cameras: a held-out identity has 2 × 5 evaluation images, not 2 × 25
@@ -97,7 +98,8 @@ def shrunk_prior_args(cfg: Path, data_root: Path, out: Path) -> tuple[list[str],
     config = stacked(cfg)
     own = (yaml.safe_load(cfg.read_text()) or {}).get("model", {}).get("init_args", {}).get("net", {})
     kept = own if cfg.parent.name == "ablations" else {}
-    net = [f"--model.init_args.net.{k}={v}" for k, v in TINY_NET.items() if k not in kept]
+    # map_resolution is the data's uv_size (linked by the CLI), not a network setting to shrink
+    net = [f"--model.init_args.net.{k}={v}" for k, v in TINY_NET.items() if k not in kept and k != "map_resolution"]
     args = [*config_stack(cfg), *_trainer_args(PRIOR_STEPS, out), *net,
             "--model.init_args.part_samples={face: 8, hair: 6}", f"--data.init_args.root={data_root}",
             *[f"--data.init_args.{k}={v}" for k, v in DATA.items()]]
@@ -106,15 +108,13 @@ def shrunk_prior_args(cfg: Path, data_root: Path, out: Path) -> tuple[list[str],
     return args, kept
 
 
-def shrunk_avatar_args(cfg: Path, data_root: Path, out: Path, prior: Path | None) -> list[str]:
-    """CLI arguments of a shrunk personal-avatar fit (inversion or baseline) on the tiny data's held-out
-    identity; an inversion inverts ``prior``."""
-    source = stacked(cfg)["data"]["init_args"]["source"]
-    source = {**source, "init_args": {**source.get("init_args", {}), **DATA, "root": str(data_root)}}
-    args = [*config_stack(cfg), *_trainer_args(AVATAR_STEPS, out), f"--data.init_args.source={json.dumps(source)}",
+def shrunk_avatar_args(cfg: Path, out: Path, prior: Path, steps: int = AVATAR_STEPS) -> list[str]:
+    """CLI arguments of a shrunk personal-avatar fit (inversion or baseline) of the first held-out
+    identity of ``prior``'s dataset (the configs' default subject); an inversion inverts ``prior``."""
+    args = [*config_stack(cfg), *_trainer_args(steps, out), f"--data.init_args.prior_checkpoint={prior}",
             f"--model.init_args.output_dir={out / 'avatar'}", "--model.init_args.turntable_frames=2",
             "--model.init_args.expression_steps=1"]
-    if prior is not None:
+    if family(cfg) == "invert":
         args += [f"--model.init_args.prior_checkpoint={prior}", "--model.init_args.stage1_steps_per_frame=1"]
     return args
 
@@ -177,20 +177,42 @@ def test_prior_config_runs_a_shrunk_fit(cfg: Path, data_root: Path, request, tmp
 
 
 @pytest.mark.parametrize("cfg", _params("invert") + _params("baseline"))
-def test_avatar_config_runs_a_shrunk_fit(cfg: Path, data_root: Path, request, tmp_path: Path) -> None:
+def test_avatar_config_runs_a_shrunk_fit(cfg: Path, shrunk_prior, tmp_path: Path) -> None:
     inversion = family(cfg) == "invert"
-    prior = request.getfixturevalue("shrunk_prior")[2] if inversion else None
-    cli, recorder = _run(["fit", *shrunk_avatar_args(cfg, data_root, tmp_path, prior)])
+    prior = shrunk_prior[2]
+    cli, recorder = _run(["fit", *shrunk_avatar_args(cfg, tmp_path, prior)])
     _assert_ran(cli, recorder, AVATAR_STEPS)
     out = tmp_path / "avatar"
     assert {"avatar.ckpt", "avatar.ply", "metrics.json", "turntable.mp4", "expressions.mp4"} <= {
         p.name for p in out.iterdir()}
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == AVATAR_STEPS and metrics["stop_kind"] == "cap"  # trainer.max_steps ended the shrunk fit
-    assert metrics["n_input_frames"] == stacked(cfg)["data"]["init_args"]["source"]["init_args"]["fewshot_inputs"]
+    assert metrics["n_input_frames"] == cli.datamodule.source.hparams.fewshot_inputs
     if inversion:
         assert [s for _, s, _ in cli.model.loss_history] == [1, 1, 1, 2]
         _assert_inverted(cli.model.state_dict(), prior)
+
+
+def test_prior_then_invert_through_the_cli_inverts_an_identity_the_prior_never_saw(shrunk_prior,
+                                                                                  tmp_path: Path) -> None:
+    """prior.yaml → invert.yaml as a user runs them: the inversion's subject comes from the dataset the
+    prior checkpoint recorded, and is one of the identities it held out (the leak this replaced: a
+    hand-copied dataset config of other size, whose "held-out" identity the prior had trained on)."""
+    prior_cli, _, ckpt = shrunk_prior
+    splits = prior_cli.datamodule.split_identities()
+    assert torch.load(ckpt, weights_only=False)["dataset"]["init_args"]["identities"] == DATA["identities"]
+    args = [*shrunk_avatar_args(EXPERIMENTS / "invert.yaml", tmp_path, ckpt, steps=1),
+            "--model.init_args.output_dir=null"]
+    cli, recorder = _run(["fit", *args])
+    _assert_ran(cli, recorder, 1)
+    subject = cli.datamodule.split.identity
+    assert subject not in splits["train"] and subject == splits["test"][0]
+    assert cli.datamodule.source.data_dir == prior_cli.datamodule.data_dir  # the prior's very dataset
+    trained = AvatarCLI(args=[*config_stack(EXPERIMENTS / "invert.yaml"), *_trainer_args(1, tmp_path),
+                              f"--model.init_args.prior_checkpoint={ckpt}",
+                              f"--data.init_args.identity={splits['train'][0]}"], run=False)
+    with pytest.raises(ValueError, match="is one the prior trained on"):
+        trained.datamodule.setup("fit")
 
 
 def _assert_inverted(ours: dict[str, torch.Tensor], prior: Path) -> None:
@@ -216,3 +238,13 @@ def test_stacked_configs_take_effect(name: str, field: str, value: object, tmp_p
     cli = AvatarCLI(args=[*config_stack(EXPERIMENTS / name), *cpu, f"--trainer.default_root_dir={tmp_path}"],
                     run=False)
     assert getattr(cli.model.net.config, field) == value
+
+
+def test_the_data_decides_head_coefficients_and_map_size(tmp_path: Path) -> None:
+    """prior.yaml states head model, coefficient counts and UV size once, under data: the CLI links them."""
+    cpu = ["--trainer.accelerator=cpu", "--trainer.devices=1", f"--trainer.default_root_dir={tmp_path}"]
+    cli = AvatarCLI(args=[*config_stack(EXPERIMENTS / "prior.yaml"), *cpu, "--data.init_args.uv_size=32",
+                          "--data.init_args.n_expr=10"], run=False)
+    assert cli.model.net.config.map_resolution == 32 and cli.model.hparams.n_expr == 10 == cli.model.head.n_expr
+    model_args = stacked(EXPERIMENTS / "prior.yaml")["model"]["init_args"]
+    assert not {"head_model", "n_shape", "n_expr"} & set(model_args) and "map_resolution" not in model_args["net"]

@@ -7,15 +7,14 @@ import torch
 
 from avatar_lightning.head import HeadModel, load_head_model
 from avatar_lightning.head.gaussians import (
-    SurfaceBinding,
-    bind_uv_points,
+    MeshBinding,
     closest_rotation,
     point_transforms,
     pose_gaussians,
     surface_points,
 )
 from avatar_lightning.head.lbs import axis_angle_to_matrix
-from avatar_lightning.head.uv import part_masks, sample_part_uv, uv_rasterize
+from avatar_lightning.head.uv import part_masks, uv_rasterize
 from avatar_lightning.render import Cameras, Gaussians, intrinsics_from_fov, look_at, quat_to_rotmat, rasterize
 
 
@@ -25,14 +24,15 @@ def head() -> HeadModel:
 
 
 @pytest.fixture(scope="module")
-def binding(head: HeadModel) -> SurfaceBinding:
-    raster = uv_rasterize(head.uv_coords, head.uv_faces, 128)
+def binding(head: HeadModel) -> MeshBinding:
+    """Face and hair texels of a 64² UV raster bound to their triangles (as the priors bind their grids)."""
+    raster = uv_rasterize(head.uv_coords, head.uv_faces, 64)
     parts = part_masks(raster, head)
-    uv = torch.cat([sample_part_uv(parts["face"], 1500), sample_part_uv(parts["hair"], 500)])
-    return bind_uv_points(raster, head.uv_coords, head.uv_faces, uv)
+    covered = (parts["face"] + parts["hair"]) > 0.5
+    return MeshBinding(raster.face[covered], raster.bary[covered])
 
 
-def _canonical(head: HeadModel, binding: SurfaceBinding, shape, expr) -> Gaussians:
+def _canonical(head: HeadModel, binding: MeshBinding, shape, expr) -> Gaussians:
     g = torch.Generator().manual_seed(3)
     means = surface_points(head.canonical(shape, expr), head.faces, binding)
     N = means.shape[1]
@@ -41,7 +41,7 @@ def _canonical(head: HeadModel, binding: SurfaceBinding, shape, expr) -> Gaussia
                      opacities=torch.full((1, N), 0.8), sh=torch.rand(1, N, 4, 3, generator=g) - 0.5)
 
 
-def test_binding_reproduces_uv_points(head: HeadModel, binding: SurfaceBinding) -> None:
+def test_binding_reproduces_uv_points(head: HeadModel, binding: MeshBinding) -> None:
     assert (binding.bary >= 0).all()
     torch.testing.assert_close(binding.bary.sum(-1), torch.ones(len(binding.face)))
     pts = surface_points(head.v_template[None], head.faces, binding)[0]
@@ -58,7 +58,7 @@ def test_closest_rotation_is_the_polar_factor() -> None:
     torch.testing.assert_close(closest_rotation(M, iters=8), U @ Vh)
 
 
-def test_rigid_pose_moves_gaussians_like_the_inverse_camera(head: HeadModel, binding: SurfaceBinding) -> None:
+def test_rigid_pose_moves_gaussians_like_the_inverse_camera(head: HeadModel, binding: MeshBinding) -> None:
     """Moving the head by (R, t) renders the same image as moving the camera by (R, t)⁻¹."""
     shape = torch.randn(1, head.n_shape, generator=torch.Generator().manual_seed(1))
     expr = torch.randn(1, head.n_expr, generator=torch.Generator().manual_seed(2))
@@ -82,7 +82,7 @@ def test_rigid_pose_moves_gaussians_like_the_inverse_camera(head: HeadModel, bin
     torch.testing.assert_close(img_moved.alpha, img_cam.alpha, atol=2e-4, rtol=0)
 
 
-def test_jaw_rotates_jaw_bound_gaussian_frames(head: HeadModel, binding: SurfaceBinding) -> None:
+def test_jaw_rotates_jaw_bound_gaussian_frames(head: HeadModel, binding: MeshBinding) -> None:
     z_s, z_e = torch.zeros(1, head.n_shape), torch.zeros(1, head.n_expr)
     canon = _canonical(head, binding, z_s, z_e)
     pose = torch.zeros(1, 5, 3)
@@ -103,7 +103,7 @@ def test_jaw_rotates_jaw_bound_gaussian_frames(head: HeadModel, binding: Surface
 def test_pose_correctives_bring_vertex_bound_gaussians_onto_the_posed_mesh(head: HeadModel) -> None:
     """A Gaussian bound at a vertex lands on that vertex of the posed mesh, pose correctives included."""
     faces = head.faces
-    binding = SurfaceBinding(face=torch.arange(len(faces)), bary=torch.tensor([1.0, 0, 0]).expand(len(faces), 3))
+    binding = MeshBinding(face=torch.arange(len(faces)), bary=torch.tensor([1.0, 0, 0]).expand(len(faces), 3))
     z_s, z_e = torch.zeros(1, head.n_shape), 0.5 * torch.ones(1, head.n_expr)
     canon = _canonical(head, binding, z_s, z_e)
     pose = torch.zeros(1, 5, 3)

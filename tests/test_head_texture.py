@@ -10,7 +10,7 @@ from avatar_lightning.head import HeadModel, load_head_model
 from avatar_lightning.head.lbs import apply_transforms
 from avatar_lightning.head.raster import mesh_depth
 from avatar_lightning.head.texture import backproject_texture, uv_inputs
-from avatar_lightning.head.uv import sample_maps, uv_rasterize
+from avatar_lightning.head.uv import sample_uv, uv_rasterize
 from avatar_lightning.render import intrinsics_from_fov, look_at
 
 SIZE = 128
@@ -36,7 +36,7 @@ def _render_textured_mesh(head, verts, texture, K, w2c):
         hit = zb.face >= 0
         uv_tri = head.uv_coords[head.uv_faces[zb.face.clamp_min(0)]]  # [H, W, 3, 2]
         uv = (uv_tri * zb.bary[..., None]).sum(-2)
-        rgb = sample_maps(texture[None], uv.reshape(-1, 2))[0].T.reshape(3, SIZE, SIZE)
+        rgb = sample_uv(texture[None], uv.reshape(-1, 2))[0].reshape(3, SIZE, SIZE)
         images.append(rgb * hit)
         masks.append(hit[None].double())
     return torch.stack(images), torch.stack(masks)

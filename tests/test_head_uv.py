@@ -13,8 +13,7 @@ from avatar_lightning.head.uv import (
     part_masks,
     position_map,
     region_masks,
-    sample_maps,
-    sample_part_uv,
+    sample_uv,
     tangent_frames,
     uv_rasterize,
 )
@@ -124,26 +123,14 @@ def test_tangent_frames_of_a_linear_map() -> None:
     assert (frames[~valid] == 0).all()
 
 
-def test_sample_maps_bilinear() -> None:
+def test_sample_uv_at_points_is_bilinear() -> None:
     g = torch.Generator().manual_seed(0)
     maps = torch.rand(2, 4, 8, 10, generator=g, dtype=torch.float64)
     i, j = torch.meshgrid(torch.arange(8), torch.arange(10), indexing="ij")
     uv = torch.stack([(j.reshape(-1) + 0.5) / 10, 1 - (i.reshape(-1) + 0.5) / 8], -1).double()
-    torch.testing.assert_close(sample_maps(maps, uv), maps.flatten(2).transpose(1, 2), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(sample_uv(maps, uv).transpose(1, 2), maps.flatten(2).transpose(1, 2), atol=1e-6,
+                               rtol=1e-6)
     # a map linear in (u, v) is reproduced exactly between texel centres
     lin = (2 * uv[:, 0] - 3 * uv[:, 1]).reshape(1, 1, 8, 10)
     pts = torch.rand(50, 2, generator=g, dtype=torch.float64) * torch.tensor([0.8, 0.75]) + torch.tensor([0.05, 0.0625])
-    torch.testing.assert_close(sample_maps(lin, pts)[0, :, 0], 2 * pts[:, 0] - 3 * pts[:, 1], atol=1e-6, rtol=1e-6)
-
-
-def test_sample_part_uv_is_deterministic_and_inside(head: HeadModel, raster: UVRaster) -> None:
-    hair = part_masks(raster, head)["hair"]
-    a, b = sample_part_uv(hair, 3000), sample_part_uv(hair, 3000)
-    assert a.shape == (3000, 2) and torch.equal(a, b)
-    col = (a[:, 0] * 256).long().clamp(0, 255)
-    row = ((1 - a[:, 1]) * 256).long().clamp(0, 255)
-    assert (hair[row, col] > 0.5).all()
-    coarse = part_masks(uv_rasterize(head.uv_coords, head.uv_faces, 64), head)["hair"]
-    assert sample_part_uv(coarse, 3000).shape == (3000, 2)  # the count does not depend on the map size
-    with pytest.raises(ValueError, match="empty"):
-        sample_part_uv(torch.zeros(8, 8), 10)
+    torch.testing.assert_close(sample_uv(lin, pts)[0, 0], 2 * pts[:, 0] - 3 * pts[:, 1], atol=1e-6, rtol=1e-6)

@@ -14,14 +14,16 @@ from pathlib import Path
 import lightning
 import pytest
 import torch
-from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from torch.utils.data import Dataset
 
 from avatar_lightning.export import read_video
-from avatar_lightning.lit.inversion import STAGE2_PREFIXES, SynShotInversion, find_prior_checkpoint
+from avatar_lightning.lit.checkpoint import find_prior_checkpoint
+from avatar_lightning.lit.inversion import STAGE2_PREFIXES, SynShotInversion
 from avatar_lightning.lit.synshot_prior import SynShotPrior
 from avatar_lightning.render import intrinsics_from_fov, load_ply, orbit_cameras
 from callbacks import EMAEarlyStopping
+from tests.dummy import FewInputs
 
 TINY_NET = {
     "map_resolution": 16, "latent_resolution": 4, "feature_channels": 8, "id_code_dim": 4, "expr_code_dim": 4,
@@ -208,10 +210,9 @@ def test_tiny_inversion_end_to_end(smooth_prior_path: Path, tmp_path: Path) -> N
     head_mask = torch.zeros(2, 1, 16, 16)  # held-out masks cover part of the frame: scores are head-region
     head_mask[0, :, 3:13, 4:12] = 1
     head_mask[1, :, 2:10, 2:14] = 1
-    data = LightningDataModule.from_datasets(
-        train_dataset=Samples([sample(head, v=2)] * 3), batch_size=1,  # repeated: still 2 input images
-        val_dataset=Samples([sample(head, v=2, seed=1) | {"mask": head_mask},
-                             sample(head, v=2, frame=1, seed=2) | {"mask": head_mask.flip(-1)}]))
+    data = FewInputs(sample(head, v=2), repeat=3,  # repeated: still 2 input images
+                     evaluation=Samples([sample(head, v=2, seed=1) | {"mask": head_mask},
+                                         sample(head, v=2, frame=1, seed=2) | {"mask": head_mask.flip(-1)}]))
     stopper = EMAEarlyStopping(monitor="train/loss", warmup_steps=0, patience=1000, max_steps_per_frame=7)
     snapshots = StageSnapshots()
     trainer = Trainer(max_steps=100, accelerator="cpu", logger=False, enable_progress_bar=False,

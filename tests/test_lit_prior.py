@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from avatar_lightning.batch import validate_batch
+from avatar_lightning.head.gaussians import MeshBinding
 from avatar_lightning.head.model import load_head_model
-from avatar_lightning.head.uv import uv_rasterize
-from avatar_lightning.lit.render_step import MeshBinding, pose_gaussians, render_batch
+from avatar_lightning.head.uv import texel_grid, uv_rasterize
+from avatar_lightning.lit.render_step import pose_gaussians, render_batch
 from avatar_lightning.lit.synshot_prior import SynShotPrior
-from avatar_lightning.models import texel_grid
 from avatar_lightning.render import Gaussians, intrinsics_from_fov, orbit_cameras, quat_to_rotmat
 
 TINY_NET = {
@@ -122,11 +122,12 @@ def test_prior_step_shapes_losses_and_gradients(head, prior) -> None:
     model = prior
     batch = tiny_batch(head)
     validate_batch(batch, require_uv=True)
-    out, assembled, render = model(batch)
+    outputs = model(batch)
+    assembled, render = outputs.assembled, outputs.render
     n = sum(assembled.counts.values())
     assert assembled.gaussians.means.shape == (2, n, 3) and assembled.gaussians.sh.shape == (2, n, 16, 3)
     assert set(assembled.counts) == {"face", "hair"} and render.rgb.shape == (2, 2, 3, 24, 24)
-    terms = model.losses(batch, out, assembled, render)
+    terms = model.compute_losses(batch, outputs)
     assert {"loss", "image", "geometry", "vq", "reg", "map_tex"} <= set(terms)
     assert all(torch.isfinite(t) for t in terms.values())
     terms["loss"].backward()
@@ -135,10 +136,10 @@ def test_prior_step_shapes_losses_and_gradients(head, prior) -> None:
         assert all(g is not None and torch.isfinite(g).all() for g in grads), name
 
 
-def _with_maps(out, **maps):
+def _with_maps(outputs, **maps):
     from dataclasses import replace
 
-    return replace(out, maps=replace(out.maps, **maps))
+    return replace(outputs, net=replace(outputs.net, maps=replace(outputs.net.maps, **maps)))
 
 
 def test_geometry_maps_are_supervised_in_cm_over_the_uv_layout(head, prior) -> None:
@@ -151,11 +152,12 @@ def test_geometry_maps_are_supervised_in_cm_over_the_uv_layout(head, prior) -> N
                                         head.faces)
     batch["uv_expression"] = expression_map(head, raster, batch["expr"])
     with torch.no_grad():
-        out, assembled, render = prior(batch)
-        exact = prior.losses(batch, _with_maps(out, verts=batch["uv_position"], expr=batch["uv_expression"]),
-                             assembled, render)
-        zeros = prior.losses(batch, _with_maps(out, verts=torch.zeros_like(out.maps.verts),
-                                               expr=torch.zeros_like(out.maps.expr)), assembled, render)
+        outputs = prior(batch)
+        out = outputs.net
+        exact = prior.compute_losses(batch, _with_maps(outputs, verts=batch["uv_position"],
+                                                       expr=batch["uv_expression"]))
+        zeros = prior.compute_losses(batch, _with_maps(outputs, verts=torch.zeros_like(out.maps.verts),
+                                                       expr=torch.zeros_like(out.maps.expr)))
         assert exact["geometry"] == 0
         # the mean distance of in-layout surface points from the origin, in cm: several cm, not 1e-4
         inside = raster.valid.expand(2, 3, -1, -1)
@@ -166,11 +168,11 @@ def test_geometry_maps_are_supervised_in_cm_over_the_uv_layout(head, prior) -> N
         outside = ~raster.valid
         noisy = {k: batch[k] + 5 * torch.randn_like(batch[k]) * outside for k in ("uv_position", "uv_expression",
                                                                                    "uv_texture")}
-        pred = _with_maps(out, verts=batch["uv_position"] - 7 * outside, expr=batch["uv_expression"] + 3 * outside,
-                          tex=out.maps.tex + 2 * outside)
-        moved = prior.losses({**batch, **noisy}, pred, assembled, render)
-        same = prior.losses(batch, _with_maps(out, verts=batch["uv_position"], expr=batch["uv_expression"]),
-                            assembled, render)
+        pred = _with_maps(outputs, verts=batch["uv_position"] - 7 * outside,
+                          expr=batch["uv_expression"] + 3 * outside, tex=out.maps.tex + 2 * outside)
+        moved = prior.compute_losses({**batch, **noisy}, pred)
+        same = prior.compute_losses(batch, _with_maps(outputs, verts=batch["uv_position"],
+                                                      expr=batch["uv_expression"]))
     assert moved["geometry"] == 0
     for key in ("map_tex", "geometry_verts", "geometry_expr"):
         torch.testing.assert_close(moved[key], same[key], msg=key)
@@ -268,10 +270,10 @@ def test_single_layer_ablation_config_has_fewer_gaussians_than_the_paper_config(
 def test_prior_step_under_bf16_autocast(head, prior) -> None:
     batch = tiny_batch(head)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, assembled, render = prior(batch)
-        terms = prior.losses(batch, out, assembled, render)
-    assert out.maps.feat.dtype == torch.bfloat16  # the network did run in bf16
-    assert render.rgb.dtype == torch.float32 and torch.isfinite(terms["loss"])
+        outputs = prior(batch)
+        terms = prior.compute_losses(batch, outputs)
+    assert outputs.net.maps.feat.dtype == torch.bfloat16  # the network did run in bf16
+    assert outputs.render.rgb.dtype == torch.float32 and torch.isfinite(terms["loss"])
     terms["loss"].backward()
 
 

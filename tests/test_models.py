@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from avatar_lightning.models import LatentTransformer, SynShotNet, VectorQuantizer, sample_uv, texel_grid
+from avatar_lightning.head.uv import sample_uv, texel_grid
+from avatar_lightning.models import LatentTransformer, SynShotNet, VectorQuantizer
 from avatar_lightning.models.quantizer import PassThroughQuantizer
 
 TINY = {

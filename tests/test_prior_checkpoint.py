@@ -1,4 +1,5 @@
-"""``prior_checkpoint: latest``: says which checkpoint it takes, refuses an obviously untrained one."""
+"""``prior_checkpoint: latest``: says which checkpoint it takes, refuses an obviously untrained one; the
+dataset a checkpoint records."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from avatar_lightning.lit.inversion import find_prior_checkpoint
+from avatar_lightning.lit.checkpoint import find_prior_checkpoint, recorded_dataset
 
 
 def _checkpoint(path: Path, step: int, age_s: float = 0.0) -> Path:
@@ -43,3 +44,17 @@ def test_latest_names_the_checkpoint_its_step_and_config(tmp_path: Path, caplog)
     said = caplog.text
     assert str(trained) in said and "global_step 1500" in said and "map_resolution': 64" in said
     assert str(runs / "prior" / "version_0" / "config.yaml") in said
+
+
+def test_recorded_dataset_reads_the_record_or_lightnings_datamodule_hparams(tmp_path: Path) -> None:
+    config = {"class_path": "data_modules.synthetic.SyntheticDataModule", "init_args": {"identities": 16}}
+    torch.save({"state_dict": {}, "dataset": config}, tmp_path / "new.ckpt")
+    assert recorded_dataset(tmp_path / "new.ckpt") == config
+    # a prior written through LightningCLI before the record existed: Lightning's datamodule hparams
+    torch.save({"state_dict": {}, "datamodule_hyper_parameters": {"_class_path": config["class_path"],
+                                                                  "_instantiator": "x", "identities": 16}},
+               tmp_path / "old.ckpt")
+    assert recorded_dataset(tmp_path / "old.ckpt") == config
+    torch.save({"state_dict": {}}, tmp_path / "bare.ckpt")
+    with pytest.raises(ValueError, match=r"bare\.ckpt records no dataset.*data\.init_args\.source"):
+        recorded_dataset(tmp_path / "bare.ckpt")

@@ -84,7 +84,7 @@ def _reference_scores(model, batches: list[dict[str, torch.Tensor]]) -> dict[str
     """Head-region and whole-frame PSNR of ``model``'s renders of ``batches``, per image, then averaged."""
     psnr, full, identities = [], [], set()
     for batch in batches:
-        _, _, render = model(batch)
+        render = model(batch).render
         pred, target = render.rgb.flatten(0, 1).clamp(0, 1), batch["image"].flatten(0, 1)
         psnr.append(reference_head_psnr(pred, target, batch["mask"].flatten(0, 1)))
         full.append(-10 * torch.log10(((pred - target) ** 2).mean(dim=(1, 2, 3))))

@@ -55,6 +55,11 @@ def test_pca3_is_deterministic_and_scale_invariant():
     assert torch.allclose(a.abs().amax(dim=(-2, -1)), torch.ones(2, 3))
 
 
+def test_pca3_of_a_single_position_pads_with_zeros():
+    out = pca3(torch.randn(2, 36, 1, 1))
+    assert out.shape == (2, 3, 1, 1) and torch.isfinite(out).all()
+
+
 def test_hog_features_shape_and_response_to_texture():
     flat = torch.full((1, 3, 32, 32), 0.5)
     stripes = flat.clone()

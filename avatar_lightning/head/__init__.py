@@ -5,7 +5,7 @@ Entry point: :func:`load_head_model` (a FLAME ``generic_model.pkl`` or ``"builti
 bound to and posed with the head (``gaussians``).
 """
 
-from .gaussians import SurfaceBinding, bind_uv_points, point_transforms, pose_gaussians, rotate_sh, surface_points
+from .gaussians import MeshBinding, point_transforms, pose_gaussians, rotate_sh, surface_points
 from .lbs import axis_angle_to_matrix
 from .model import JOINT_NAMES, HeadModel, HeadOutput, load_head_model
 from .texture import BakedTexture, backproject_texture, uv_inputs
@@ -16,15 +16,16 @@ from .uv import (
     part_masks,
     position_map,
     region_masks,
-    sample_maps,
-    sample_part_uv,
+    sample_uv,
     tangent_frames,
+    texel_grid,
     uv_rasterize,
+    uv_to_grid,
 )
 
 __all__ = [
-    "JOINT_NAMES", "BakedTexture", "HeadModel", "HeadOutput", "SurfaceBinding", "UVRaster", "axis_angle_to_matrix",
-    "backproject_texture", "bind_uv_points", "expression_map", "interpolate", "load_head_model", "part_masks",
-    "point_transforms", "pose_gaussians", "position_map", "region_masks", "rotate_sh", "sample_maps",
-    "sample_part_uv", "surface_points", "tangent_frames", "uv_inputs", "uv_rasterize",
+    "JOINT_NAMES", "BakedTexture", "HeadModel", "HeadOutput", "MeshBinding", "UVRaster", "axis_angle_to_matrix",
+    "backproject_texture", "expression_map", "interpolate", "load_head_model", "part_masks", "point_transforms",
+    "pose_gaussians", "position_map", "region_masks", "rotate_sh", "sample_uv", "surface_points", "tangent_frames",
+    "texel_grid", "uv_inputs", "uv_rasterize", "uv_to_grid",
 ]

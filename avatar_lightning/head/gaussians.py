@@ -17,57 +17,35 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from avatar_lightning.head.raster import barycentric
-from avatar_lightning.head.uv import UVRaster, uv_to_pixels
 from avatar_lightning.render import Gaussians, quat_multiply, rotmat_to_quat
 from avatar_lightning.render.sh import sh_basis, sh_degree_from_bases
 
 
 @dataclass
-class SurfaceBinding:
-    """Where points sit on the mesh.
+class MeshBinding:
+    """Where Gaussians (or any points) sit on the mesh: the one link between mesh and splats.
 
     Attributes:
         face: LongTensor  # [N] triangle index.
-        bary: Tensor  # [N, 3] barycentric coordinates (non-negative, sum to 1).
+        bary: Tensor  # [N, 3] barycentric coordinates in that triangle (non-negative, sum to 1).
     """
 
     face: Tensor
     bary: Tensor
 
-
-def bind_uv_points(raster: UVRaster, uv_coords: Tensor, uv_faces: Tensor, uv: Tensor) -> SurfaceBinding:
-    """Triangle and barycentrics of UV points (e.g. from :func:`~avatar_lightning.head.uv.sample_part_uv`).
-
-    The triangle is the one covering the nearest texel centre; barycentrics are exact in that UV
-    triangle, clamped onto it (a point within half a texel of an edge may snap to it).
-
-    Args:
-        raster: UV raster of the layout (finer = fewer snaps).
-        uv_coords: Tensor  # [Vt, 2]
-        uv_faces: LongTensor  # [F, 3]
-        uv: Tensor  # [N, 2]
-    """
-    h, w = raster.size
-    pix = uv_to_pixels(uv.double(), h, w)
-    col = pix[:, 0].floor().long().clamp(0, w - 1)
-    row = pix[:, 1].floor().long().clamp(0, h - 1)
-    face = raster.face[row, col]
-    if bool((face < 0).any()):
-        raise ValueError(f"bind_uv_points: {(face < 0).sum().item()} uv points fall outside the UV layout")
-    tri = uv_to_pixels(uv_coords.double(), h, w)[uv_faces[face]]
-    bary = barycentric(pix, tri).clamp_min(0)
-    bary = bary / bary.sum(-1, keepdim=True)
-    return SurfaceBinding(face, bary.to(uv.dtype))
+    @staticmethod
+    def cat(items: list[MeshBinding]) -> MeshBinding:
+        """Concatenate along N (in the order ``Gaussians.cat`` concatenates their Gaussians)."""
+        return MeshBinding(face=torch.cat([b.face for b in items]), bary=torch.cat([b.bary for b in items]))
 
 
-def surface_points(vertices: Tensor, faces: Tensor, binding: SurfaceBinding) -> Tensor:
+def surface_points(vertices: Tensor, faces: Tensor, binding: MeshBinding) -> Tensor:
     """Bound points on a mesh: ``vertices [B, V, 3] -> [B, N, 3]``."""
     tri = vertices[:, faces[binding.face]]  # [B, N, 3, 3]
     return (tri * binding.bary[None, :, :, None].to(vertices.dtype)).sum(-2)
 
 
-def point_transforms(vertex_transforms: Tensor, faces: Tensor, binding: SurfaceBinding) -> Tensor:
+def point_transforms(vertex_transforms: Tensor, faces: Tensor, binding: MeshBinding) -> Tensor:
     """LBS transforms at bound points: ``[B, V, 4, 4] -> [B, N, 4, 4]`` (barycentric blend)."""
     tri = vertex_transforms[:, faces[binding.face]]  # [B, N, 3, 4, 4]
     return (tri * binding.bary[None, :, :, None, None].to(tri.dtype)).sum(2)

@@ -1,7 +1,11 @@
-"""UV-space toolkit: rasterise the mesh into UV once, then build maps from it.
+"""UV-space toolkit: rasterise the mesh into UV once, then build and sample maps.
 
-UV convention (the FLAME ``.obj``'s): ``uv`` in [0, 1], u → column, v up, so texel (i, j) has
-centre ``u = (j + 0.5)/w``, ``v = 1 − (i + 0.5)/h``; for ``grid_sample`` x = 2u − 1, y = 1 − 2v.
+The UV convention, stated here once and used by every module that reads a UV map (the priors'
+densification, the baseline's colour initialisation, the synthetic generator's textures): the
+FLAME ``.obj``'s ``uv`` in [0, 1], u → column, v **up**, so a map's row is ``(1 − v)·h``
+(:func:`uv_to_pixels`), texel (i, j) has centre ``u = (j + 0.5)/w``, ``v = 1 − (i + 0.5)/h``
+(:func:`texel_grid`), ``grid_sample`` reads it at x = 2u − 1, y = 1 − 2v (:func:`uv_to_grid`,
+:func:`sample_uv`), and ∂/∂v is minus the derivative along rows (:func:`tangent_frames`).
 Dimension letters: h w UV map, V vertices, F faces, B batch, N sample points.
 """
 
@@ -44,6 +48,51 @@ def uv_to_pixels(uv: Tensor, height: int, width: int) -> Tensor:
     return torch.stack([uv[..., 0] * width, (1 - uv[..., 1]) * height], -1)
 
 
+def uv_to_grid(uv: Tensor) -> Tensor:
+    """OBJ uv ``[..., 2]`` → ``grid_sample`` coordinates ``[..., 2]`` (``align_corners=False``):
+    :func:`uv_to_pixels` of a 1 × 1 map, scaled to [−1, 1]."""
+    return torch.stack([uv[..., 0] * 2 - 1, 1 - uv[..., 1] * 2], dim=-1)
+
+
+def texel_grid(resolution: int, device: torch.device | None = None) -> Tensor:
+    """UV coordinates of the texel centres of a resolution² map, ``[h, w, 2]`` (u, v) in (0, 1).
+
+    Sampling at these points returns the map itself: the "No Sampling" ablation of SynShot's
+    Table 1 (one primitive per texel, the count tied to the map resolution).
+    """
+    centres = (torch.arange(resolution, device=device, dtype=torch.float32) + 0.5) / resolution
+    rows, u = torch.meshgrid(centres, centres, indexing="ij")
+    return torch.stack([u, 1 - rows], dim=-1)  # row i holds v = 1 − (i + 0.5)/h
+
+
+def sample_uv(maps: Tensor, uv: Tensor, padding_mode: str = "border") -> Tensor:
+    """Bilinear samples of UV maps (SynShot's B(·, u, v)), border-clamped by default.
+
+    Args:
+        maps: Tensor  # [B, C, h, w] in the convention of this module (texel centres sample back
+            the texel values exactly).
+        uv: Tensor  # [N, 2] points, [h', w', 2] a grid, or [B, h', w', 2] a grid per map.
+        padding_mode: ``grid_sample``'s, for points within half a texel of the square's edge.
+
+    Returns:
+        Tensor  # [B, C, N] or [B, C, h', w'], float32 (float64 for float64 maps) whatever the
+        autocast or the maps' dtype.
+    """
+    if uv.shape[-1] != 2 or uv.ndim not in (2, 3, 4):
+        raise ValueError(f"uv must be [N, 2], [h, w, 2] or [B, h, w, 2], got {list(uv.shape)}")
+    # Never in half precision: bf16 keeps 8 mantissa bits, so at a 512² grid neighbouring sample
+    # coordinates in [-1, 1] round to the same value (only 386 of 512 columns stay distinct) and
+    # their Gaussians coincide. Half-precision maps are sampled in float32 instead.
+    dtype = torch.promote_types(maps.dtype, torch.float32)
+    points = uv.ndim == 2
+    grid = uv[:, None] if points else uv
+    with torch.autocast(device_type=maps.device.type, enabled=False):
+        grid = uv_to_grid(grid).to(dtype)
+        grid = grid.expand(maps.shape[0], *grid.shape) if grid.ndim == 3 else grid
+        out = F.grid_sample(maps.to(dtype), grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
+    return out[..., 0] if points else out
+
+
 def uv_rasterize(uv_coords: Tensor, uv_faces: Tensor, size: int | tuple[int, int]) -> UVRaster:
     """Rasterise the UV layout: which triangle, and where in it, each texel centre falls.
 
@@ -65,8 +114,6 @@ def uv_rasterize(uv_coords: Tensor, uv_faces: Tensor, size: int | tuple[int, int
     bary[lin] = tp.bary.to(bary.dtype)
     return UVRaster(face.view(h, w), bary.view(h, w, 3), (face >= 0).view(h, w))
 
-
-UVRasterizer = uv_rasterize  # the name used in the design notes
 
 
 def interpolate(raster: UVRaster, attrs: Tensor, faces: Tensor) -> Tensor:
@@ -147,7 +194,7 @@ def tangent_frames(pos: Tensor, valid: Tensor, eps: float = 1e-12) -> Tensor:
     (SynShot Eq. 2: T = ∂φ/∂u, B = ∂φ/∂v, N = T × B).
 
     Central differences inside the covered area, one-sided at its border (never across it).
-    ``u`` grows with the column and ``v`` grows upwards (decreasing row).
+    ``u`` grows with the column and ``v`` upwards, with decreasing row (the module's convention).
 
     Args:
         pos: Tensor  # [B, 3, h, w] position map.
@@ -182,59 +229,3 @@ def _one_sided_diff(x: Tensor, m: Tensor, dim: int) -> Tensor:
     fwd, bwd = xp - x, x - xm
     both = mp * mm
     return both * central + (1 - both) * (mp * fwd + (1 - mp) * mm * bwd)
-
-
-def sample_maps(maps: Tensor, uv: Tensor) -> Tensor:
-    """Bilinear samples of maps at UV points (SynShot's B(·, u, v)).
-
-    Args:
-        maps: Tensor  # [B, C, h, w]
-        uv: Tensor  # [N, 2] or [B, N, 2] OBJ-convention uv.
-
-    Returns:
-        Tensor  # [B, N, C]
-    """
-    u = uv if uv.dim() == 3 else uv[None].expand(maps.shape[0], -1, -1)
-    grid = torch.stack([2 * u[..., 0] - 1, 1 - 2 * u[..., 1]], -1)[:, :, None]  # [B, N, 1, 2]
-    out = F.grid_sample(maps, grid.to(maps.dtype), mode="bilinear", padding_mode="border", align_corners=False)
-    return rearrange(out[..., 0], "b c n -> b n c")
-
-
-def _halton(n: int, base: int, start: int) -> Tensor:
-    i = torch.arange(start + 1, start + n + 1, dtype=torch.float64)
-    f, r = torch.ones_like(i), torch.zeros_like(i)
-    while bool((i > 0).any()):
-        f = f / base
-        r = r + f * (i % base)
-        i = torch.div(i, base, rounding_mode="floor")
-    return r
-
-
-def sample_part_uv(mask: Tensor, num: int, max_rounds: int = 64) -> Tensor:
-    """``num`` deterministic, evenly spread uv points inside a part mask (a Halton sequence,
-    keeping the points whose nearest texel is inside). The count is a config number,
-    independent of the map resolution — the densification of SynShot.
-
-    Args:
-        mask: Tensor  # [h, w] > 0.5 inside.
-        num: number of points.
-
-    Returns:
-        Tensor  # [num, 2] float32 uv.
-    """
-    h, w = mask.shape
-    inside = mask.detach().cpu() > 0.5
-    if not bool(inside.any()):
-        raise ValueError("sample_part_uv: the part mask is empty")
-    frac = float(inside.float().mean())
-    got, start = [], 0
-    for _ in range(max_rounds):
-        n = int(1.3 * (num - sum(len(g) for g in got)) / frac) + 16
-        uv = torch.stack([_halton(n, 2, start), _halton(n, 3, start)], -1)
-        start += n
-        col = (uv[:, 0] * w).long().clamp(0, w - 1)
-        row = ((1 - uv[:, 1]) * h).long().clamp(0, h - 1)
-        got.append(uv[inside[row, col]])
-        if sum(len(g) for g in got) >= num:
-            return torch.cat(got)[:num].float().to(mask.device)
-    raise RuntimeError(f"sample_part_uv: could not place {num} points in a mask covering {frac:.2%}")

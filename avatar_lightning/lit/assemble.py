@@ -16,9 +16,9 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from avatar_lightning.head.gaussians import MeshBinding
 from avatar_lightning.head.model import HeadModel
 from avatar_lightning.head.uv import part_masks, uv_rasterize
-from avatar_lightning.lit.render_step import MeshBinding
 from avatar_lightning.models.densify import PartGrid, part_gaussians, part_grid, sample_part
 from avatar_lightning.models.synshot import PriorMaps, SynShotNet
 from avatar_lightning.render import Gaussians

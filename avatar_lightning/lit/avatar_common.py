@@ -1,9 +1,11 @@
 """What the few-shot inversion and the no-prior baseline share: rendering, evaluation, export.
 
 Both are personal avatars fitted to the same few images, so they must be rendered, scored and
-exported identically for the comparison in ``make demo`` to mean anything. A module mixes in
-:class:`AvatarEvalMixin` and implements one hook, ``canonical(batch) -> (Gaussians, MeshBinding)``;
-posing and rasterisation go through :func:`avatar_lightning.lit.render_step.render_batch`.
+exported identically for the comparison in ``make demo`` to mean anything. A module subclasses
+:class:`FewShotAvatar` (an :class:`~avatar_lightning.lit.base.AvatarModule`) and implements
+``canonical(batch) -> (Gaussians, MeshBinding)`` and ``compute_losses``; posing and rasterisation
+go through :func:`avatar_lightning.lit.render_step.render_batch`. It speaks the early-stopping
+contract of :mod:`avatar_lightning.lit.stopping`: its input-image count comes from the DataModule.
 
 Evaluation splits (``metrics.json``, ``val/*``): images whose ``frame`` (expression index) is 0
 are *novel views* (neutral expression seen from cameras the inputs did not use), also split into
@@ -18,25 +20,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from avatar_lightning.export import side_by_side, write_metrics, write_video
-from avatar_lightning.head.model import HeadModel
+from avatar_lightning.head.gaussians import MeshBinding
 from avatar_lightning.io import atomic_path, save_image
-from avatar_lightning.lit.render_step import MeshBinding, head_centre, pose_gaussians, render_batch
-from avatar_lightning.metrics.head_region import MeanScores, shared_head_metrics
+from avatar_lightning.lit.base import AvatarModule, Batch, Outputs
+from avatar_lightning.lit.render_step import head_centre, pose_gaussians, render_batch
+from avatar_lightning.lit.stopping import input_frames, stop_reason
 from avatar_lightning.render import Gaussians, RenderOutput, orbit_cameras, save_ply
 from avatar_lightning.viz import error_map
 
 VIEW_BUCKETS = {"novel_view_near": (0.0, 30.0), "novel_view_side": (30.0, 75.0), "novel_view_far": (75.0, 180.1)}
 SPLITS = ("novel_view", *VIEW_BUCKETS, "novel_expression")
-
-
-def eval_metrics() -> nn.ModuleDict:
-    """Per-split mean head-region scores (:class:`MeanScores`: per image, then averaged)."""
-    return nn.ModuleDict({s: MeanScores() for s in SPLITS})
 
 
 def view_angles(world_to_cam: Tensor, input_world_to_cam: Tensor, centre: Tensor) -> Tensor:
@@ -95,92 +94,110 @@ def interpolate_samples(samples: list[Mapping[str, Tensor]], steps: int, keys: I
     yield {**samples[0], **{k: samples[-1][k] for k in keys}}
 
 
-class AvatarEvalMixin:
-    """Rendering, held-out evaluation, image logging and export for personal-avatar modules.
+class FewShotAvatar(AvatarModule):
+    """A personal avatar fitted to a few images: scored per evaluation split, exported at the end of fit.
 
-    The host LightningModule provides ``head`` (:class:`HeadModel`), ``photometric``
-    (:class:`avatar_lightning.losses.PhotometricLoss`), ``eval_scores`` (from :func:`eval_metrics`),
-    ``hparams.render_backend`` (optional) and :meth:`canonical`.
+    The subclass assigns ``head`` and implements :meth:`canonical` and ``compute_losses``; it may
+    set ``hparams.render_backend``, ``output_dir``, ``turntable_frames``, ``expression_steps`` and
+    ``fps`` (the export). Metric groups are :data:`SPLITS` (module docstring).
     """
 
-    head: HeadModel
-    eval_scores: nn.ModuleDict
+    score_groups = SPLITS
 
-    def canonical(self, batch: Mapping[str, Tensor]) -> tuple[Gaussians, MeshBinding]:
+    def __init__(self) -> None:
+        super().__init__()
+        self.n_input_frames = 0  # from the DataModule when training starts (lit.stopping.input_frames)
+        self.inputs: dict[str, Tensor] | None = None
+
+    def canonical(self, batch: Batch) -> tuple[Gaussians, MeshBinding]:
         """Batched canonical Gaussians [B, N, ...] for ``batch`` and their mesh binding."""
         raise NotImplementedError
 
     @property
     def render_backend(self) -> str:
-        return str(getattr(self.hparams, "render_backend", "auto"))  # type: ignore[attr-defined]
+        return str(self.hparams.get("render_backend", "auto"))
 
-    def render(self, batch: Mapping[str, Tensor]) -> RenderOutput:
+    def render(self, batch: Batch) -> RenderOutput:
         """Pose and render every view of ``batch``: rgb [B, V, 3, H, W]."""
         gaussians, binding = self.canonical(batch)
         return render_batch(batch, gaussians, binding, self.head, self.render_backend)
 
-    def photometric_loss(self, render: RenderOutput, batch: Mapping[str, Tensor]) -> Tensor:
-        """L_color on all views, ``[B, V, 3, H, W]`` flattened to images."""
-        return self.photometric(render.rgb.flatten(0, 1), batch["image"].flatten(0, 1)).total  # type: ignore[attr-defined]
+    def forward(self, batch: Batch) -> Outputs:
+        return Outputs(render=self.render(batch))
 
-    # ----------------------------------------------------------------------------- evaluation
-    def input_view_angles(self, batch: Mapping[str, Tensor]) -> Tensor | None:
+    def metric_groups(self, batch: Batch) -> dict[str, Tensor]:
+        """Novel views (and their angle buckets) vs novel expressions, per image (module docstring)."""
+        frame = batch["frame"].repeat_interleave(batch["image"].shape[1])
+        return split_masks(frame, self.input_view_angles(batch))
+
+    def input_view_angles(self, batch: Batch) -> Tensor | None:
         """``[B·V]`` angle of each image's camera to the nearest few-shot input camera (None before
         the inputs are known), measured around the inputs' neutral head centre."""
-        inputs = getattr(self, "inputs", None)
-        if inputs is None:
+        if self.inputs is None:
             return None
+        inputs = self.inputs
         neutral = {**inputs, "expr": torch.zeros_like(inputs["expr"]), "pose": torch.zeros_like(inputs["pose"])}
         centre = head_centre({k: v.to(batch["world_to_cam"].device) for k, v in neutral.items()}, self.head)
         return view_angles(batch["world_to_cam"].flatten(0, 1), inputs["world_to_cam"][0].to(centre), centre)
 
     @torch.no_grad()
-    def update_scores(self, batch: Mapping[str, Tensor]) -> None:
-        """Render ``batch`` and add its images' head-region scores to their splits."""
-        pred = self.render(batch).rgb.clamp(0, 1).flatten(0, 1)  # [B·V, 3, H, W]
-        scores = shared_head_metrics(pred.device)(pred, batch["image"].flatten(0, 1), batch["mask"].flatten(0, 1))
-        views = batch["image"].shape[1]
-        frame = batch["frame"].repeat_interleave(views)
-        for split, keep in split_masks(frame, self.input_view_angles(batch)).items():
-            if keep.any():
-                self.eval_scores[split].update({k: v[keep] for k, v in scores.items()})
-
-    def compute_scores(self, reset: bool = True) -> dict[str, dict[str, float]]:
-        """``{split: {"psnr", "ssim", "lpips", "id", "psnr_full", "images"}}`` for the splits that saw
-        images since the last reset (``images``: how many were scored)."""
-        out: dict[str, dict[str, float]] = {}
-        for split in SPLITS:
-            metric = self.eval_scores[split]
-            if metric.update_count:
-                values = {k: float(v) for k, v in metric.compute().items()}
-                if values:
-                    out[split] = {**values, "images": int(metric.counts[0])}
-            if reset:
-                metric.reset()
-        return out
-
-    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        self.update_scores(batch)
-
-    def on_validation_epoch_end(self) -> None:
-        for split, values in self.compute_scores().items():
-            self.log_dict({f"val/{split}/{k}": v for k, v in values.items()})  # type: ignore[attr-defined]
-
-    @torch.no_grad()
-    def evaluate(self, batches: Iterable[Mapping[str, Tensor]]) -> dict[str, dict[str, float]]:
+    def evaluate(self, batches: Iterable[Batch]) -> dict[str, dict[str, float]]:
         """Scores over held-out batches (moved to the module's device)."""
         self.compute_scores(reset=True)
         for batch in batches:
-            self.update_scores({k: v.to(self.device) for k, v in batch.items()})  # type: ignore[attr-defined]
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            self.update_scores(batch, self(batch))
         return self.compute_scores()
 
-    @torch.no_grad()
-    def log_images(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """The first sample's views as rows target | render | error, ``[3V, 3, H, W]``."""
-        sample = {k: v[:1] for k, v in batch.items()}
-        pred = self.render(sample).rgb[0].clamp(0, 1)
-        target = sample["image"][0]
-        return {"views": torch.stack([target, pred, error_map(pred, target)], dim=1).flatten(0, 1)}
+    # --------------------------------------------------------------------------- the fit
+    @property
+    def min_steps_before_stopping(self) -> int:
+        """No plateau stop before this step (:class:`~avatar_lightning.lit.stopping.EarlyStoppable`)."""
+        return 0
+
+    def on_train_start(self) -> None:
+        self.n_input_frames = input_frames(self.trainer)
+
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
+        """Keep the first training sample (the few-shot inputs) for the exported videos."""
+        if self.inputs is None:
+            self.inputs = {k: v[:1].detach() for k, v in batch.items()}
+
+    def output_metrics(self) -> dict[str, Any]:
+        """Run facts written into ``metrics.json`` beside the held-out scores: steps, input frames and
+        why the fit ended (:func:`~avatar_lightning.lit.stopping.stop_reason`)."""
+        stop = stop_reason(self.trainer)
+        return {"steps": self.global_step, "n_input_frames": self.n_input_frames, "stop_kind": stop.kind,
+                "stop_reason": stop.reason}
+
+    def on_fit_end(self) -> None:
+        out_dir = self.hparams.get("output_dir")
+        if out_dir and self.trainer.is_global_zero:
+            stop = stop_reason(self.trainer)
+            bad = [n for n, p in self.named_parameters() if not torch.isfinite(p).all()]
+            if stop.kind == "non_finite" or bad:
+                raise RuntimeError(f"{type(self).__name__}: not exporting an avatar to {out_dir}: {stop.reason}"
+                                   + (f"; non-finite parameters: {bad[:5]}" if bad else ""))
+            self.write_outputs(out_dir)
+
+    def write_outputs(self, out_dir: str | Path) -> dict[str, Path]:
+        """Checkpoint + PLY + turntable / expression MP4s + ``metrics.json`` (held-out), all atomic.
+
+        Held-out data is the DataModule's validation set. Single-process only: the checkpoint is
+        written by this process alone.
+        """
+        if self.inputs is None:
+            raise RuntimeError(f"{type(self).__name__}.write_outputs: no training batch was seen (nothing was fitted)")
+        out, trainer = Path(out_dir), self.trainer
+        with atomic_path(out / "avatar.ckpt") as tmp:
+            trainer.save_checkpoint(tmp)
+        dm = trainer.datamodule
+        eval_loader = dm.val_dataloader() if dm is not None else (trainer.val_dataloaders or [])
+        hp = self.hparams
+        inputs = {k: v.to(self.device) for k, v in self.inputs.items()}
+        paths = self.export_avatar(out, inputs, eval_loader, hp.turntable_frames, hp.expression_steps, hp.fps,
+                                   extra_metrics=self.output_metrics())
+        return {"avatar.ckpt": out / "avatar.ckpt", **paths}
 
     # --------------------------------------------------------------------------------- export
     @torch.no_grad()
@@ -244,7 +261,7 @@ class AvatarEvalMixin:
             render_chunk: video frames rendered per rasteriser call.
         """
         out = Path(out_dir)
-        dev = self.device  # type: ignore[attr-defined]
+        dev = self.device
         eval_batches = [{k: v.to(dev) for k, v in b.items()} for b in eval_batches]
         paths = {name: out / name for name in ("avatar.ply", "turntable.mp4", "expressions.mp4", "metrics.json",
                                                "comparison.png")}
@@ -283,130 +300,3 @@ class AvatarEvalMixin:
         ordered = [seen[f] for f in sorted(seen)]
         return ordered + [ordered[0]] if len(ordered) > 1 else ordered * 2
 
-
-
-def _comparable(value: object) -> object:
-    """YAML gives lists and dicts where defaults are tuples and dataclasses: compare them as values."""
-    if isinstance(value, dict):
-        return tuple(sorted((k, _comparable(v)) for k, v in value.items()))
-    if isinstance(value, (list, tuple)):
-        return tuple(_comparable(v) for v in value)
-    return value
-
-
-def shape_differences(saved: Mapping, current: Mapping, keys: Iterable[str]) -> list[str]:
-    """``"key: checkpoint X, config Y"`` for each of ``keys`` the checkpoint records with another value."""
-    return [f"{k}: checkpoint {saved[k]!r}, config {current.get(k)!r}" for k in keys
-            if k in saved and _comparable(saved[k]) != _comparable(current.get(k))]
-
-
-def refuse_other_shape(owner: str, saved: Mapping, current: Mapping, keys: Iterable[str]) -> None:
-    """Refuse a checkpoint whose hyper-parameters that shape the model or its inputs differ.
-
-    Args:
-        owner: the module's name, for the message.
-        saved: the checkpoint's ``hyper_parameters``.
-        current: the module's ``hparams``.
-        keys: the shaping fields (head model, coefficient counts, map sizes, …); a key the
-            checkpoint does not record (written by an older version) is not compared.
-
-    Raises:
-        ValueError: naming every differing field with both values.
-    """
-    diff = shape_differences(saved, current, keys)
-    if diff:
-        raise ValueError(f"{owner}: the checkpoint was written for another model or input shape ("
-                         + "; ".join(diff) + "). Use the run's own config.yaml (in its log folder) or set "
-                         "these fields to the checkpoint's values.")
-
-
-def stop_reason(trainer: object) -> tuple[str, str]:
-    """Why a fit ended: ``(kind, sentence)``.
-
-    ``kind`` is the early-stopping callback's (``"plateau"``, ``"budget"``, ``"non_finite"``; see
-    ``callbacks.EMAEarlyStopping.stop_kind``), else ``"cap"`` when the trainer's ``max_steps`` ended
-    it, else ``"other"`` (e.g. ``max_epochs``, an interrupt). The callback is found by its
-    ``stop_kind`` attribute, so ``avatar_lightning`` does not import ``callbacks``.
-    """
-    for cb in getattr(trainer, "callbacks", []):
-        if getattr(cb, "stop_kind", None):
-            return str(cb.stop_kind), str(getattr(cb, "reason", ""))
-    max_steps = getattr(trainer, "max_steps", -1)
-    if max_steps is not None and max_steps > 0 and getattr(trainer, "global_step", 0) >= max_steps:
-        return "cap", f"trainer.max_steps={max_steps} reached (the run did not stop on its own)"
-    return "other", "training ended without an early-stopping decision"
-
-
-class AvatarCheckpointMixin:
-    """Keep the head model out of checkpoints (a user's licensed FLAME must not be copied into them)
-    and count the few-shot input images for :class:`callbacks.EMAEarlyStopping`'s step budget."""
-
-    n_input_frames: int
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        for key in [k for k in checkpoint["state_dict"] if k.startswith("head.")]:
-            del checkpoint["state_dict"][key]
-
-    #: hyper-parameters that shape the module or its inputs: a checkpoint that differs is refused
-    SHAPING_HPARAMS: tuple[str, ...] = ()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        refuse_other_shape(type(self).__name__, checkpoint.get("hyper_parameters") or {},
-                           self.hparams, self.SHAPING_HPARAMS)  # type: ignore[attr-defined]
-        checkpoint["state_dict"].update({f"head.{k}": v for k, v in self.head.state_dict().items()})  # type: ignore[attr-defined]
-
-    def remember_inputs(self, batch: Mapping[str, Tensor]) -> None:
-        """Keep the first training sample (the few-shot inputs) for the exported videos."""
-        if getattr(self, "inputs", None) is None:
-            self.inputs = {k: v[:1].detach() for k, v in batch.items()}
-
-    def output_metrics(self) -> dict:
-        """Run facts written into ``metrics.json`` beside the held-out scores: steps, input frames and
-        why the fit ended (:func:`stop_reason`)."""
-        kind, reason = stop_reason(self.trainer)  # type: ignore[attr-defined]
-        return {"steps": self.global_step, "n_input_frames": self.n_input_frames,  # type: ignore[attr-defined]
-                "stop_kind": kind, "stop_reason": reason}
-
-    def on_fit_end(self) -> None:
-        out_dir = getattr(self.hparams, "output_dir", None)  # type: ignore[attr-defined]
-        if out_dir and self.trainer.is_global_zero:  # type: ignore[attr-defined]
-            kind, reason = stop_reason(self.trainer)  # type: ignore[attr-defined]
-            bad = [n for n, p in self.named_parameters() if not torch.isfinite(p).all()]  # type: ignore[attr-defined]
-            if kind == "non_finite" or bad:
-                raise RuntimeError(f"{type(self).__name__}: not exporting an avatar to {out_dir}: {reason}"
-                                   + (f"; non-finite parameters: {bad[:5]}" if bad else ""))
-            self.write_outputs(out_dir)
-
-    def write_outputs(self, out_dir: str | Path) -> dict[str, Path]:
-        """Checkpoint + PLY + turntable / expression MP4s + ``metrics.json`` (held-out), all atomic.
-
-        Held-out data is the DataModule's validation set. Single-process only: the checkpoint is
-        written by this process alone.
-        """
-        if getattr(self, "inputs", None) is None:
-            raise RuntimeError(f"{type(self).__name__}.write_outputs: no training batch was seen (nothing was fitted)")
-        out, trainer = Path(out_dir), self.trainer  # type: ignore[attr-defined]
-        with atomic_path(out / "avatar.ckpt") as tmp:
-            trainer.save_checkpoint(tmp)
-        dm = trainer.datamodule
-        eval_loader = dm.val_dataloader() if dm is not None else (trainer.val_dataloaders or [])
-        hp = self.hparams  # type: ignore[attr-defined]
-        inputs = {k: v.to(self.device) for k, v in self.inputs.items()}  # type: ignore[attr-defined]
-        paths = self.export_avatar(out, inputs, eval_loader, hp.turntable_frames,  # type: ignore[attr-defined]
-                                   hp.expression_steps, hp.fps, extra_metrics=self.output_metrics())
-        return {"avatar.ckpt": out / "avatar.ckpt", **paths}
-
-    def count_input_frames(self) -> int:
-        """Distinct input images, SynShot's "training frames": views × distinct (identity, frame) samples.
-
-        A loader that repeats the few inputs every step (e.g. :class:`FewShotDataModule`) still counts
-        each image once.
-        """
-        loader = self.trainer.train_dataloader  # type: ignore[attr-defined]
-        if loader is None:
-            return 0
-        views: dict[tuple[int, int], int] = {}
-        for b in loader:
-            for ident, frame in zip(b["identity"].tolist(), b["frame"].tolist(), strict=True):
-                views[(ident, frame)] = int(b["image"].shape[1])
-        return sum(views.values())

@@ -1,7 +1,8 @@
 """No-prior baseline: per-subject Gaussians rigged to the head mesh (GaussianAvatars / FlashAvatar style).
 
-Each Gaussian is bound to one mesh triangle by a ``binding`` tensor — the only link between mesh and
-splats — and stores its position, rotation and log-scale in that triangle's local frame. Posing is
+Each Gaussian is bound to a point of one mesh triangle by its :class:`MeshBinding` (triangle and
+barycentric point, the representation every module uses) — the only link between mesh and splats —
+and stores its position, rotation and log-scale in that triangle's local frame. Posing is
 GaussianAvatars': rotate by the local rotation, scale by the triangle's scale, then apply the face
 frame (orientation + centre) of the posed mesh. The same 3 input images that the SynShot inversion
 sees are the only supervision, so ``make demo`` can measure the paper's central claim: a prior
@@ -10,7 +11,7 @@ generalises to novel views and expressions where per-subject optimisation does n
 Adaptive density control (``densify=True``; GaussianAvatars §3.3 "Binding inheritance", built on
 3DGS §5): every ``densify_interval`` steps between ``densify_from`` and ``densify_until``, Gaussians
 whose mean view-space positional gradient exceeds ``densify_grad_threshold`` are cloned (small) or
-split in two (large); children keep the parent's triangle (``binding``) and barycentric point, and
+split in two (large); children keep the parent's binding (triangle and barycentric point), and
 their local parameters stay in that triangle's frame. Gaussians below ``prune_opacity`` are pruned
 unless that would leave their triangle without any. The Adam moments follow every change of N
 (kept rows keep theirs, new rows start at zero, as 3DGS's ``cat_tensors_to_optimizer`` /
@@ -31,22 +32,18 @@ inversion configs use ``devices: 1``).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
+from avatar_lightning.head.gaussians import MeshBinding
 from avatar_lightning.head.model import HeadModel, load_head_model
-from avatar_lightning.lit.avatar_common import AvatarCheckpointMixin, AvatarEvalMixin, eval_metrics
-from avatar_lightning.lit.density import (  # noqa: F401  (screen_gradient_norm: re-exported)
-    DensityControlMixin,
-    screen_gradient_norm,
-    split_views,
-)
-from avatar_lightning.lit.render_step import MeshBinding
+from avatar_lightning.head.uv import sample_uv
+from avatar_lightning.lit.avatar_common import FewShotAvatar
+from avatar_lightning.lit.base import Batch, Outputs
+from avatar_lightning.lit.density import DensityControlMixin, split_views
 from avatar_lightning.losses.photometric import PhotometricLoss
 from avatar_lightning.render import (
     Gaussians,
@@ -119,7 +116,7 @@ def barycentric_samples(count: int) -> Tensor:
     return torch.stack(points[:count])
 
 
-class GaussianAvatarBaseline(DensityControlMixin, AvatarCheckpointMixin, AvatarEvalMixin, LightningModule):
+class GaussianAvatarBaseline(DensityControlMixin, FewShotAvatar):
     """Per-subject Gaussians bound to head-mesh triangles, optimised from the few-shot inputs alone.
 
     Args:
@@ -197,8 +194,8 @@ class GaussianAvatarBaseline(DensityControlMixin, AvatarCheckpointMixin, AvatarE
                 raise ValueError(f"GaussianAvatarBaseline.regions {regions} contain no whole triangle")
         bary = barycentric_samples(gaussians_per_face)  # [G, 3]
         n_faces = faces.shape[0]
-        self.register_buffer("binding", faces.repeat_interleave(gaussians_per_face))
-        self.register_buffer("barycentric", bary.repeat(n_faces, 1))  # [N, 3]
+        self.register_buffer("binding_face", faces.repeat_interleave(gaussians_per_face))  # [N]
+        self.register_buffer("binding_bary", bary.repeat(n_faces, 1))  # [N, 3]
         self.register_buffer("colors_initialised", torch.tensor(False))
         local_xyz = self._local_positions()
         n = local_xyz.shape[0]
@@ -220,41 +217,42 @@ class GaussianAvatarBaseline(DensityControlMixin, AvatarCheckpointMixin, AvatarE
         self.sh_dc = nn.Parameter(sh[:, :1].contiguous())
         self.sh_rest = nn.Parameter(sh[:, 1:].contiguous())
         self.photometric = PhotometricLoss(l1_weight=l1_weight, ssim_weight=ssim_weight, lpips_weight=0.0)
-        self.eval_scores = eval_metrics()
-        self.n_input_frames = 0
-        self.inputs: dict[str, Tensor] | None = None
 
     @torch.no_grad()
     def _local_positions(self) -> Tensor:
         """Local coordinates of the barycentric points on the template mesh, ``[N, 3]``."""
         verts = self.head.v_template[None]
         frames = face_frames(verts, self.head.faces)
-        corners = verts[0, self.head.faces[self.binding]]  # [N, 3, 3]
-        points = (self.barycentric[..., None] * corners).sum(1)
-        rel = points - frames.center[0, self.binding]
-        local = torch.einsum("nji,nj->ni", frames.rotation[0, self.binding], rel)
-        return local / frames.scale[0, self.binding, None]
+        face = self.binding_face
+        corners = verts[0, self.head.faces[face]]  # [N, 3, 3]
+        points = (self.binding_bary[..., None] * corners).sum(1)
+        rel = points - frames.center[0, face]
+        local = torch.einsum("nji,nj->ni", frames.rotation[0, face], rel)
+        return local / frames.scale[0, face, None]
+
+    @property
+    def binding(self) -> MeshBinding:
+        """The mesh point each Gaussian is bound to (its rows follow densification)."""
+        return MeshBinding(face=self.binding_face, bary=self.binding_bary)
 
     @property
     def num_gaussians(self) -> int:
-        return self.binding.shape[0]
+        return self.binding_face.shape[0]
 
     def uv_of_gaussians(self) -> Tensor:
         """UV coordinates of each Gaussian's barycentric point, ``[N, 2]`` (OBJ convention)."""
-        corners = self.head.uv_coords[self.head.uv_faces[self.binding]]  # [N, 3, 2]
-        return (self.barycentric[..., None] * corners).sum(1)
+        corners = self.head.uv_coords[self.head.uv_faces[self.binding_face]]  # [N, 3, 2]
+        return (self.binding_bary[..., None] * corners).sum(1)
 
     @torch.no_grad()
     def init_colors_from_texture(self, uv_texture: Tensor) -> None:
         """Set SH DC from a back-projected texture ``[3, h, w]`` sampled at each Gaussian's UV."""
-        uv = self.uv_of_gaussians()
-        # OBJ UV: v grows upwards, image rows downwards.
-        grid = torch.stack([uv[:, 0] * 2 - 1, 1 - uv[:, 1] * 2], dim=-1)[None, None].to(uv_texture)
-        rgb = F.grid_sample(uv_texture[None], grid, mode="bilinear", align_corners=False)[0, :, 0].T  # [N, 3]
+        # zeros padding: beyond the square's edge counts as black (the setting the baseline was tuned with)
+        rgb = sample_uv(uv_texture[None], self.uv_of_gaussians().to(uv_texture), padding_mode="zeros")[0].T  # [N, 3]
         self.sh_dc[:, 0] = rgb_to_sh(rgb.clamp(0.02, 0.98)).to(self.sh_dc)
         self.colors_initialised.fill_(True)
 
-    def canonical(self, batch: Mapping[str, Tensor]) -> tuple[Gaussians, MeshBinding]:
+    def canonical(self, batch: Batch) -> tuple[Gaussians, MeshBinding]:
         """Gaussians on the canonical (shape + expression, unposed) mesh of each sample.
 
         Posing is GaussianAvatars': local rotation, then the triangle's scale, then its frame
@@ -269,41 +267,40 @@ class GaussianAvatarBaseline(DensityControlMixin, AvatarCheckpointMixin, AvatarE
         """
         verts = self.head.canonical(batch["shape"], batch["expr"])
         frames = face_frames(verts, self.head.faces)
-        rot = frames.rotation[:, self.binding]  # [B, N, 3, 3]
-        s = frames.scale[:, self.binding, None]  # [B, N, 1]
+        face = self.binding_face
+        rot = frames.rotation[:, face]  # [B, N, 3, 3]
+        s = frames.scale[:, face, None]  # [B, N, 1]
         b = verts.shape[0]
-        means = frames.center[:, self.binding] + torch.einsum("bnij,nj->bni", rot, self.xyz) * s
+        means = frames.center[:, face] + torch.einsum("bnij,nj->bni", rot, self.xyz) * s
         quats = quat_multiply(rotmat_to_quat(rot), F.normalize(self.rotation, dim=-1).expand(b, -1, -1))
         sh = torch.cat([self.sh_dc, self.sh_rest], dim=1)
         gaussians = Gaussians(means=means, quats=quats, scales=self.log_scale.exp() * s,
                               opacities=torch.sigmoid(self.opacity_logit).expand(b, -1), sh=sh.expand(b, *sh.shape))
-        return gaussians, MeshBinding(face=self.binding, bary=self.barycentric)
+        return gaussians, self.binding
 
-    def regularizers(self) -> Tensor:
-        """GaussianAvatars' L_position and L_scaling (hinged at their thresholds)."""
+    def forward(self, batch: Batch) -> Outputs:
+        """Renders of ``batch``; while densifying, each view separately (``[B·V, 1, ...]``, same image
+        order), so that every view's positional gradient can be read (:mod:`avatar_lightning.lit.density`)."""
+        return Outputs(render=self.render_tracked(split_views(batch)) if self.tracking_gradients
+                       else self.render(batch))
+
+    def compute_losses(self, batch: Batch, outputs: Outputs) -> dict[str, Tensor]:
+        """L_color on all images, GaussianAvatars' L_position and L_scaling (hinged at their
+        thresholds), and their sum ``"loss"``."""
         hp = self.hparams
+        photo = self.photometric(outputs.render.rgb.flatten(0, 1), batch["image"].flatten(0, 1)).total
         pos = F.relu(self.xyz.norm(dim=-1) - hp.position_threshold).mean()
         scale = F.relu(self.log_scale.exp() - hp.scale_threshold).mean()
-        return hp.position_weight * pos + hp.scale_weight * scale
+        reg = hp.position_weight * pos + hp.scale_weight * scale
+        return {"photometric": photo, "reg": reg, "loss": photo + reg}
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        self.remember_inputs(batch)
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
+        super().on_train_batch_start(batch, batch_idx)
         if not bool(self.colors_initialised) and "uv_texture" in batch:
             self.init_colors_from_texture(batch["uv_texture"][0])
-        b = batch["image"].shape[0]
-        if self.tracking_gradients:
-            batch = split_views(batch)
-            rendered = self.render_tracked(batch)
-        else:
-            rendered = self.render(batch)
-        photo = self.photometric_loss(rendered, batch)
-        loss = photo + self.regularizers()
-        self.log_dict({"train/loss": loss, "train/photometric": photo, "train/gaussians": float(self.num_gaussians)},
-                      prog_bar=True, batch_size=b)
-        return loss
 
-    def on_train_start(self) -> None:
-        self.n_input_frames = self.count_input_frames()  # the train loader exists from here on
+    def track_training_step(self, batch: Batch, outputs: Outputs, losses: dict[str, Tensor]) -> dict[str, float]:
+        return {"train/gaussians": float(self.num_gaussians)}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams

@@ -2,7 +2,7 @@
 
 Clone small / split large Gaussians whose view-space positional gradient exceeds a threshold, prune
 transparent ones (never emptying a triangle), optionally reset opacities; children keep their
-parent's ``binding`` and barycentric point, and Adam's moments follow the rows they belong to.
+parent's binding (triangle and barycentric point), and Adam's moments follow the rows they belong to.
 :class:`DensityControlMixin` adds it to a LightningModule that stores its Gaussians as the
 per-row tensors named in :data:`GAUSSIAN_PARAMS` / :data:`GAUSSIAN_BUFFERS` (the no-prior baseline,
 :class:`avatar_lightning.lit.baseline.GaussianAvatarBaseline`, whose ``densify_*`` arguments
@@ -24,7 +24,7 @@ from avatar_lightning.render import Cameras, RenderOutput, quat_to_rotmat
 
 #: Per-Gaussian parameters ``[N, ...]`` (one Adam group each) and buffers; densification edits all rows alike.
 GAUSSIAN_PARAMS = ("xyz", "rotation", "log_scale", "opacity_logit", "sh_dc", "sh_rest")
-GAUSSIAN_BUFFERS = ("binding", "barycentric", "grad_accum", "grad_count")
+GAUSSIAN_BUFFERS = ("binding_face", "binding_bary", "grad_accum", "grad_count")
 #: Batch keys with a view axis ``[B, V, ...]``.
 VIEW_KEYS = tuple(k for k, (pattern, _) in SCHEMA.items() if pattern[:2] == ("B", "V"))
 
@@ -199,9 +199,10 @@ class DensityControlMixin:
         """Remove the ``mask`` Gaussians, except those of a triangle that would be left with none
         (GaussianAvatars' ``prune_points``). Returns the ``[N]`` bool mask actually removed."""
         faces = self.template_face_scale.shape[0]
-        total = torch.bincount(self.binding, minlength=faces)
-        removed = torch.bincount(self.binding[mask], minlength=faces)
-        mask = mask & (total > removed)[self.binding]
+        face = self.binding_face
+        total = torch.bincount(face, minlength=faces)
+        removed = torch.bincount(face[mask], minlength=faces)
+        mask = mask & (total > removed)[face]
         self._set_gaussians(~mask, self._rows(torch.zeros_like(mask)), optimizer)
         return mask
 
@@ -224,7 +225,7 @@ class DensityControlMixin:
         """
         hp = self.hparams
         grads = self.grad_accum / self.grad_count.clamp_min(1)
-        size = self.log_scale.exp().amax(-1) * self.template_face_scale[self.binding]
+        size = self.log_scale.exp().amax(-1) * self.template_face_scale[self.binding_face]
         large = size > hp.densify_split_scale * self.template_face_scale.mean()
         clone, split = (grads >= hp.densify_grad_threshold) & ~large, (grads >= hp.densify_grad_threshold) & large
         self.clone_gaussians(clone, optimizer)
@@ -239,7 +240,10 @@ class DensityControlMixin:
         """Resize every per-Gaussian tensor to the checkpoint's N before its state dict is loaded."""
         super().on_load_checkpoint(checkpoint)
         state = checkpoint["state_dict"]
-        n = state["binding"].shape[0]
+        for before, now in (("binding", "binding_face"), ("barycentric", "binding_bary")):  # older checkpoints
+            if before in state:
+                state[now] = state.pop(before)
+        n = state["binding_face"].shape[0]
         for name in ("grad_accum", "grad_count"):  # checkpoints written before densification existed
             state.setdefault(name, torch.zeros(n))
         for name in GAUSSIAN_PARAMS + GAUSSIAN_BUFFERS:

@@ -12,113 +12,57 @@ Loss: L = L_color (+ L_id + L_arc when an ArcFace checkpoint is given, Table 2) 
 Gaussian regularisers, weighted by ``reg_weight``).
 
 Frozen sub-networks stay in eval mode throughout: the VQ codebooks would otherwise keep updating
-their EMA statistics and restarting "dead" codes from the few inputs.
+their EMA statistics and restarting "dead" codes from the few inputs. The stages meet the early
+stopping through the contract of :mod:`avatar_lightning.lit.stopping`: the input-image count comes
+from the DataModule, and :attr:`SynShotInversion.min_steps_before_stopping` holds stopping back.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-from collections.abc import Mapping
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from avatar_lightning.batch import validate_batch
+from avatar_lightning.head.gaussians import MeshBinding
 from avatar_lightning.lit.assemble import Assembled
-from avatar_lightning.lit.avatar_common import (
-    AvatarCheckpointMixin,
-    AvatarEvalMixin,
-    eval_metrics,
-    refuse_other_shape,
-)
-from avatar_lightning.lit.render_step import MeshBinding, render_batch
+from avatar_lightning.lit.avatar_common import FewShotAvatar
+from avatar_lightning.lit.base import Batch, Outputs
+from avatar_lightning.lit.checkpoint import find_prior_checkpoint, refuse_other_shape
+from avatar_lightning.lit.render_step import render_batch
 from avatar_lightning.lit.synshot_prior import SynShotPrior
 from avatar_lightning.losses import PhotometricLoss
 from avatar_lightning.losses.identity import IdentityLoss, SFaceIdentityLoss
 from avatar_lightning.models.synshot import SynShotNet
 from avatar_lightning.render import Gaussians
 
-log = logging.getLogger(__name__)
-
 #: the paper's components each stage trains (names of ``SynShotNet.paper_modules``).
 STAGE1_MODULES = ("E_id",)
 STAGE2_PREFIXES = ("D_feat", "D_id", "D_expr", "R_color/", "R_gauss/")
 
 
-def find_prior_checkpoint(spec: str | os.PathLike = "latest", runs_dir: str | os.PathLike = "runs",
-                          min_steps: int = 100, allow_untrained: bool = False) -> Path:
-    """Resolve the prior checkpoint to invert, and say which one it is (path, step, run config).
+@dataclass
+class InversionOutputs(Outputs):
+    """One forward pass of the inversion.
 
-    Args:
-        spec: a ``.ckpt`` path, or ``"latest"``: the newest checkpoint under ``runs_dir`` that holds
-            a SynShot prior (its state dict has the identity encoder ``net.enc_id``).
-        runs_dir: where ``lightning fit -c experiments/prior.yaml`` writes its runs.
-        min_steps: ``"latest"`` refuses a prior trained for fewer optimiser steps than this (a shrunk
-            or smoke-test run's checkpoint is newer than a real one and would otherwise be inverted
-            silently). A checkpoint that records no step (not written by Lightning) is taken, with
-            its step reported as unknown.
-        allow_untrained: take an under-trained ``"latest"`` anyway. A path given as ``spec`` is the
-            user's explicit choice and is never refused (only warned about).
-
-    Raises:
-        FileNotFoundError: naming the path, or ``runs_dir`` and what was looked for.
-        ValueError: ``"latest"`` is an under-trained prior, naming it, its step and how to proceed.
+    Attributes:
+        render: the renders of every view of the batch (rgb [B, V, 3, H, W]).
+        assembled: the subject's canonical Gaussians, their binding and regressed offsets.
     """
-    def load(path: Path) -> dict[str, Any] | None:
-        try:
-            return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-        except Exception as err:  # a half-copied or foreign file: skip it, say so
-            log.warning("skipping unreadable checkpoint %s (%s)", path, err)
-            return None
 
-    def describe(path: Path, state: dict[str, Any]) -> str:
-        step = state.get("global_step")
-        config = next((d / "config.yaml" for d in (path.parent, path.parent.parent) if (d / "config.yaml").is_file()),
-                      None)
-        net = dict(state.get("hyper_parameters", {}).get("net") or {})
-        size = {k: net[k] for k in ("map_resolution", "feature_channels") if k in net}
-        return (f"{path} (global_step {'unknown' if step is None else step}, epoch {state.get('epoch', 'unknown')}, "
-                f"net {size or 'unknown'}, config {config or 'not found beside it'})")
-
-    if str(spec) != "latest":
-        path = Path(spec).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"prior checkpoint not found: {path}")
-        state = load(path) or {}
-        rank_zero_info(f"SynShotInversion: inverting the prior {describe(path, state)}")
-        if state.get("global_step") is not None and state["global_step"] < min_steps:
-            rank_zero_warn(f"the prior {path} was trained for {state['global_step']} steps only (< {min_steps})")
-        return path
-    root = Path(runs_dir)
-    candidates = sorted(root.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True) if root.is_dir() else []
-    for path in candidates:
-        state = load(path)
-        if state is None or not any(k.startswith("net.enc_id.") for k in state.get("state_dict", {})) or (
-                "prior_hparams" in state.get("hyper_parameters", {})):
-            continue
-        step = state.get("global_step")
-        if step is not None and step < min_steps and not allow_untrained:
-            raise ValueError(f"prior_checkpoint=latest found {describe(path, state)}: trained for {step} steps "
-                             f"(< {min_steps}), which looks like a shrunk or interrupted run, not a trained prior. "
-                             f"Train one (lightning fit -c experiments/prior.yaml), or pass the checkpoint you mean "
-                             f"as prior_checkpoint=PATH (an explicit path is used as given).")
-        rank_zero_info(f"SynShotInversion: prior_checkpoint=latest is {describe(path, state)}")
-        return path
-    raise FileNotFoundError(f"no SynShot prior checkpoint (*.ckpt with net.enc_id weights) under {root.resolve()}; "
-                            "train one first: lightning fit -c experiments/prior.yaml, or pass prior_checkpoint=PATH")
+    assembled: Assembled
 
 
-class SynShotInversion(AvatarCheckpointMixin, AvatarEvalMixin, LightningModule):
+class SynShotInversion(FewShotAvatar):
     """Invert a trained SynShot prior onto a few images of one subject (pivotal tuning, §3.3).
 
     Args:
         prior_checkpoint: path of a ``SynShotPrior`` checkpoint, or ``"latest"`` (newest under ``runs_dir``).
-        runs_dir: where ``"latest"`` looks.
+            The CLI links it to the few-shot data, which takes its subject from this prior's dataset.
+        runs_dir: where ``"latest"`` looks (linked to the data likewise).
         stage1_steps_per_frame: stage-1 (E_id) steps per input image. SynShot §3.3 has one factor
             (×10 steps per training frame, with EMA early stopping); here it is split into this
             stage-1 length and stage 2's cap (``EMAEarlyStopping.max_steps_per_frame``), which the
@@ -164,9 +108,6 @@ class SynShotInversion(AvatarCheckpointMixin, AvatarEvalMixin, LightningModule):
         if id_weight > 0 or arc_weight > 0:
             self.identity_loss = (SFaceIdentityLoss() if identity_net == "sface"
                                   else IdentityLoss(arcface_checkpoint, arch=arcface_arch))
-        self.eval_scores = eval_metrics()
-        self.n_input_frames = 0
-        self.inputs: dict[str, Tensor] | None = None
         self.loss_history: list[tuple[int, int, float]] = []  # (step, stage, loss): SynShot Fig. 11
         self.net: SynShotNet | None = None
         if prior_hparams is not None:  # restoring an inversion checkpoint: its state dict holds the weights
@@ -245,56 +186,25 @@ class SynShotInversion(AvatarCheckpointMixin, AvatarEvalMixin, LightningModule):
             return self.pivot
         return self.net.encode_identity(self.x_tex, self.x_verts).code
 
-    def assemble(self, batch: Mapping[str, Tensor]) -> Assembled:
+    def assemble(self, batch: Batch) -> Assembled:
         """Decode the subject's code with each sample's expression map into canonical Gaussians."""
         expr_code = self.net.encode_expression(batch["uv_expression"]).code
         id_code = self.identity_code()
         maps = self.net.decode(id_code.expand(expr_code.shape[0], *id_code.shape[1:]), expr_code)
         return self.assembler(self.net, maps)
 
-    def canonical(self, batch: Mapping[str, Tensor]) -> tuple[Gaussians, MeshBinding]:
+    def canonical(self, batch: Batch) -> tuple[Gaussians, MeshBinding]:
         assembled = self.assemble(batch)
         return assembled.gaussians, assembled.binding
 
-    @torch.no_grad()
-    def capture_identity(self, batch: Mapping[str, Tensor]) -> None:
-        """Store the subject's UV inputs (texture back-projected from the inputs, neutral positions)."""
-        self.x_tex.copy_(batch["uv_texture"][:1])
-        self.x_verts.copy_(batch["uv_position"][:1])
-        self.identity_captured.fill_(True)
-
-    # ------------------------------------------------------------------------------ Lightning
-    def on_train_start(self) -> None:
-        self.n_input_frames = self.count_input_frames()
-
-    @property
-    def min_steps_before_stopping(self) -> int:
-        """Early stopping (``callbacks.EMAEarlyStopping``) waits until stage 1 is over and stage 2 has
-        run as long again: a plateau of the stage-1 loss must not end the run before stage 2."""
-        return 2 * self.stage1_steps
-
-    def on_train_batch_start(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        if not bool(self.identity_captured):
-            validate_batch(batch, require_uv=True)
-            self.capture_identity(batch)
-        self.remember_inputs(batch)
-        if int(self.stage) == 1 and self.global_step >= self.stage1_steps:
-            self.switch_to_stage2()
-
-    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+    def forward(self, batch: Batch) -> InversionOutputs:
         assembled = self.assemble(batch)
         render = render_batch(batch, assembled.gaussians, assembled.binding, self.head, self.render_backend)
-        terms = self.losses(batch, assembled, render.rgb)
-        stage = int(self.stage)
-        logs = {f"train/{k}": v.detach() for k, v in terms.items()} | {
-            "train/stage": float(stage), f"train/loss_stage{stage}": terms["loss"].detach()}
-        self.log_dict(logs, on_step=True, prog_bar=False, batch_size=batch["image"].shape[0])
-        self.loss_history.append((self.global_step, stage, float(terms["loss"])))
-        return terms["loss"]
+        return InversionOutputs(render=render, assembled=assembled)
 
-    def losses(self, batch: Mapping[str, Tensor], assembled: Assembled, rgb: Tensor) -> dict[str, Tensor]:
-        """Named inversion loss terms and their total ``"loss"``; rgb: ``[B, V, 3, H, W]``."""
-        hp = self.hparams
+    def compute_losses(self, batch: Batch, outputs: InversionOutputs) -> dict[str, Tensor]:
+        """Named inversion loss terms and their total ``"loss"``."""
+        hp, rgb, assembled = self.hparams, outputs.render.rgb, outputs.assembled
         photo = self.photometric(rgb.flatten(0, 1), batch["image"].flatten(0, 1))
         g = assembled.gaussians
         reg = self.regularizer(assembled.d_position, assembled.d_scale, assembled.d_opacity, g.sh.flatten(0, 1))
@@ -306,6 +216,35 @@ class SynShotInversion(AvatarCheckpointMixin, AvatarEvalMixin, LightningModule):
             total = total + hp.id_weight * ident.id + hp.arc_weight * ident.arc
         terms["loss"] = total
         return terms
+
+    @torch.no_grad()
+    def capture_identity(self, batch: Batch) -> None:
+        """Store the subject's UV inputs (texture back-projected from the inputs, neutral positions)."""
+        self.x_tex.copy_(batch["uv_texture"][:1])
+        self.x_verts.copy_(batch["uv_position"][:1])
+        self.identity_captured.fill_(True)
+
+    # ------------------------------------------------------------------------------ Lightning
+    @property
+    def min_steps_before_stopping(self) -> int:
+        """Early stopping waits until stage 1 is over and stage 2 has run as long again: a plateau of
+        the stage-1 loss must not end the run before stage 2 (:mod:`avatar_lightning.lit.stopping`)."""
+        return 2 * self.stage1_steps
+
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
+        if not bool(self.identity_captured):
+            validate_batch(batch, require_uv=True)
+            self.capture_identity(batch)
+        super().on_train_batch_start(batch, batch_idx)
+        if int(self.stage) == 1 and self.global_step >= self.stage1_steps:
+            self.switch_to_stage2()
+
+    def track_training_step(self, batch: Batch, outputs: InversionOutputs, losses: dict[str, Tensor]
+                            ) -> dict[str, Any]:
+        """The stage, and the loss per stage (SynShot Fig. 11, kept in :attr:`loss_history` too)."""
+        stage, loss = int(self.stage), losses["loss"].detach()
+        self.loss_history.append((self.global_step, stage, float(loss)))
+        return {"train/stage": float(stage), f"train/loss_stage{stage}": loss}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # One Adam, one group per stage: frozen parameters get no gradient, and Adam skips those.
@@ -321,11 +260,14 @@ class SynShotInversion(AvatarCheckpointMixin, AvatarEvalMixin, LightningModule):
         super().on_save_checkpoint(checkpoint)
         checkpoint["inversion"] = {"loss_history": self.loss_history}
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+    def check_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse resuming on another prior's network."""
         saved_prior = (checkpoint.get("hyper_parameters") or {}).get("prior_hparams")
-        if saved_prior and self.hparams.get("prior_hparams"):  # resuming on another prior's network
+        if saved_prior and self.hparams.get("prior_hparams"):
             refuse_other_shape("SynShotInversion (its prior)", saved_prior, self.hparams.prior_hparams,
                                ("net", "part_samples", "head_model", "n_shape", "n_expr"))
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("inversion", {})
         self.loss_history = list(state.get("loss_history", []))

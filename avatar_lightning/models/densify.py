@@ -17,9 +17,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from avatar_lightning.head.uv import tangent_frames
+from avatar_lightning.head.uv import sample_uv, tangent_frames, texel_grid
 from avatar_lightning.models.regressors import GaussianOffsets, PartPrediction
-from avatar_lightning.models.synshot import sample_uv, texel_grid
 from avatar_lightning.render import Gaussians, normalize_quat, quat_multiply, rotmat_to_quat
 
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avatar_lightning.models.autoencoder import (
@@ -77,42 +75,6 @@ class PriorOutput:
     maps: PriorMaps
 
 
-def sample_uv(maps: Tensor, uv: Tensor) -> Tensor:
-    """Bilinear sampling B(maps, u, v) at UV points, border-clamped.
-
-    Args:
-        maps: [B, C, H, W] in the head toolkit's (OBJ) layout: texel (i, j) covers
-            u ∈ [j/W, (j+1)/W] and v ∈ [1 − (i+1)/H, 1 − i/H] (v points up, row = (1 − v)·H), so
-            texel centres sample back the texel values exactly.
-        uv: [h, w, 2] or [B, h, w, 2] in [0, 1]; [N, 2] scattered points are passed as [N, 1, 2].
-
-    Returns:
-        [B, C, h, w], float32 (or float64 for float64 maps) whatever the autocast or the maps' dtype.
-    """
-    if uv.shape[-1] != 2 or uv.ndim not in (3, 4):
-        raise ValueError(f"uv must be [h, w, 2] or [B, h, w, 2], got {list(uv.shape)}")
-    # Never in half precision: bf16 keeps 8 mantissa bits, so at a 512² grid neighbouring sample
-    # coordinates in [-1, 1] round to the same value (only 386 of 512 columns stay distinct) and
-    # their Gaussians coincide. Half-precision maps are sampled in float32 instead.
-    dtype = torch.promote_types(maps.dtype, torch.float32)
-    with torch.autocast(device_type=maps.device.type, enabled=False):
-        grid = torch.stack([uv[..., 0] * 2 - 1, 1 - uv[..., 1] * 2], dim=-1).to(dtype)
-        grid = grid.expand(maps.shape[0], *grid.shape) if grid.ndim == 3 else grid
-        return F.grid_sample(maps.to(dtype), grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-
-def texel_grid(resolution: int, device: torch.device | None = None) -> Tensor:
-    """UV coordinates of the texel centres of a resolution² map, [H, W, 2] (u, v) in (0, 1).
-
-    Sampling at these points returns the map itself: the "No Sampling" ablation of Table 1
-    (one primitive per texel, the count tied to the map resolution).
-    """
-    centres = (torch.arange(resolution, device=device, dtype=torch.float32) + 0.5) / resolution
-    rows, u = torch.meshgrid(centres, centres, indexing="ij")
-    v = 1 - rows  # row i holds v = 1 − (i + 0.5)/H
-    return torch.stack([u, v], dim=-1)
-
-
 @dataclass
 class SynShotNetConfig:
     """Hyper-parameters of :class:`SynShotNet` (a dataclass, so stacked YAML configs merge field by field).
@@ -142,7 +104,7 @@ class SynShotNetConfig:
         parts: the regions with their own regressors and sample grids (paper: face, hair).
         single_layer: Table 1 "Single Layer": one joint part ``"all"`` instead of ``parts``.
         no_sampling: Table 1 "No Sampling": one joint part sampled at the map's own texel
-            centres (see :func:`texel_grid`), so the primitive count is tied to H × W.
+            centres (see :func:`avatar_lightning.head.uv.texel_grid`), so the primitive count is tied to H × W.
         tex_upsampling: Table 1 "Tex. up-sampling": D_feat predicts x̂_feat at H/2; per-part
             bilinear sampling up-samples it.
         use_vq: False is Table 1 "w/o VQ": latents pass unquantised.

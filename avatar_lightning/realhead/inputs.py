@@ -79,16 +79,17 @@ def pca3(features: Tensor) -> Tensor:
         features: Tensor  # [B, C, h, w] with C >= 3.
 
     Returns:
-        Tensor  # [B, 3, h, w]
+        Tensor  # [B, 3, h, w]; channels beyond the rank of the centred features are 0.
     """
     b, c, h, w = features.shape
     x = features.reshape(b, c, h * w).transpose(1, 2).double()  # [B, hw, C]
     x = x - x.mean(1, keepdim=True)
     _, _, vh = torch.linalg.svd(x, full_matrices=False)  # vh [B, C, C]
-    comps = vh[:, :3]  # [B, 3, C]
+    comps = vh[:, :3]  # [B, k, C], k = min(3, hw, C): fewer when the map has fewer than 3 positions
     idx = comps.abs().argmax(-1, keepdim=True)
     comps = comps * torch.sign(torch.gather(comps, -1, idx))
-    out = (x @ comps.transpose(1, 2)).transpose(1, 2).reshape(b, 3, h, w)
+    out = (x @ comps.transpose(1, 2)).transpose(1, 2)
+    out = F.pad(out, (0, 0, 0, 3 - out.shape[1])).reshape(b, 3, h, w)  # missing components are 0
     return _max_normalise(out).to(features.dtype)
 
 
@@ -124,7 +125,7 @@ def dino_features(image: Tensor, vit: torch.nn.Module) -> Tensor:
 
     Args:
         image: Tensor  # [B, 3, H, W] RGB in [0, 1].
-        vit: a :class:`~avatar_lightning.models.vit.VisionTransformer` (e.g. from ``load_dino_vit``).
+        vit: a :class:`~avatar_lightning.models.vit.ViT` (e.g. from ``load_dino_vit``).
 
     Returns:
         Tensor  # [B, 3, H, W]
@@ -155,8 +156,8 @@ def feature_extractor(kind: str, vit: torch.nn.Module | None = None) -> Callable
         return hog_features
     if kind == "dino":
         if vit is None:
-            raise ValueError("mouth_features='dino' needs DINO ViT-S/16 weights: set dino_weights to a "
-                             "dino_deitsmall16_pretrain.pth (none can be downloaded here)")
+            raise ValueError("mouth_features='dino' needs DINO ViT-S/16 weights: set the data's mouth_dino_weights "
+                             "to a dino_deitsmall16_pretrain.pth (none can be downloaded here)")
         return lambda x: dino_features(x, vit)
     raise ValueError(f"mouth_features must be one of {MOUTH_FEATURES}, got {kind!r}")
 

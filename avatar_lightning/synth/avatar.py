@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from avatar_lightning.head.uv import sample_uv
 from avatar_lightning.render import Gaussians
 from avatar_lightning.render.rotations import rotmat_to_quat
 from avatar_lightning.render.sh import rgb_to_sh
@@ -135,10 +136,7 @@ def sample_texture(texture: Tensor, uv: Tensor) -> Tensor:
     Returns:
         colours.  # [N, 3]
     """
-    grid = torch.stack([uv[:, 0] * 2 - 1, 1 - uv[:, 1] * 2], dim=-1).view(1, 1, -1, 2)
-    out = torch.nn.functional.grid_sample(texture[None], grid.to(texture.dtype), mode="bilinear",
-                                          padding_mode="border", align_corners=False)
-    return out[0, :, 0].T
+    return sample_uv(texture[None], uv)[0].T
 
 
 def shade(albedo: Tensor, normals: Tensor, light: Lighting) -> Tensor:
