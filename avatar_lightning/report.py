@@ -1,8 +1,9 @@
-"""Report on a trained SynShot prior: the training curve and held-out reconstructions, for the README.
+"""Report on a trained prior (SynShot or 3DRealHead): the training curve and held-out reconstructions, for the README.
 
     python -m avatar_lightning.report RUN_DIR [--ckpt PATH] [--out DIR] [--identities N]
 
-``RUN_DIR`` is a Lightning log folder of ``lightning fit -c experiments/prior.yaml`` (it holds the
+``RUN_DIR`` is a Lightning log folder of ``lightning fit -c experiments/prior.yaml`` or
+``experiments/realhead_prior.yaml`` (it holds the
 TensorBoard events and ``checkpoints/``; ``--ckpt`` defaults to its ``checkpoints/last.ckpt``), or a
 ``default_root_dir`` such as ``runs/prior``, whose newest ``lightning_logs/version_N`` is taken.
 The DataModule is rebuilt from the hyper-parameters stored in the checkpoint, so the report sees
@@ -16,8 +17,10 @@ exactly the identities the run held out. Writes, atomically, under ``--out`` (de
   the reconstructions of held-out and of training identities (same views, same expressions), per
   identity and over all their images (per image, then averaged), and the curve's points.
 
-Reconstruction means the prior's autoencoding: E_id / E_expr encode the identity's UV maps, the
-decoders and regressors produce Gaussians, which are rendered from the evaluation cameras. No
+Reconstruction means the prior's feed-forward output: for SynShot, E_id / E_expr encode the
+identity's UV maps and the decoders and regressors produce Gaussians; for 3DRealHead, the Style
+U-Net reads the held-out identity's 3-view neutral texture (mouth zeroed), each frame's expression
+offsets and frontal mouth features; the Gaussians are rendered from the evaluation cameras. No
 per-subject optimisation is involved (that is the inversion's job, ``experiments/invert.yaml``).
 """
 
@@ -72,31 +75,59 @@ def smooth(points: list[tuple[int, float]], window: int) -> list[tuple[int, floa
     return out
 
 
+def prior_class(checkpoint: dict[str, Any]) -> type:
+    """The LightningModule class a prior checkpoint was written by: its recorded ``module_class``, else
+    (checkpoints written before it was recorded) told apart by its hyper-parameters.
+
+    Raises:
+        ValueError: neither a SynShot nor a 3DRealHead prior.
+    """
+    import importlib
+
+    from avatar_lightning.lit.base import MODULE_KEY
+
+    path = checkpoint.get(MODULE_KEY)
+    hparams = checkpoint.get("hyper_parameters") or {}
+    if path is None:
+        if "net" in hparams:
+            path = "avatar_lightning.lit.synshot_prior.SynShotPrior"
+        elif "levels" in hparams and "c_base" in hparams:
+            path = "avatar_lightning.lit.realhead_prior.RealHeadPrior"
+        else:
+            raise ValueError("checkpoint is neither a SynShot nor a 3DRealHead prior (no module_class recorded)")
+    module, name = path.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
+
+
 def load_prior(ckpt: Path) -> tuple[Any, Any, int]:
-    """The prior (eval mode), its DataModule (set up for testing) and its global step, from one checkpoint."""
-    from avatar_lightning.lit.synshot_prior import SynShotPrior
-    from data_modules.synthetic import SyntheticDataModule
+    """The prior (eval mode, SynShot or 3DRealHead), its DataModule (rebuilt from the dataset the
+    checkpoint recorded, set up for testing) and its global step, from one checkpoint."""
+    from lightning.pytorch.cli import instantiate_class
+
+    from avatar_lightning.lit.checkpoint import recorded_dataset
 
     if not ckpt.is_file():
         raise FileNotFoundError(f"{ckpt}: prior checkpoint not found")
-    model = SynShotPrior.load_from_checkpoint(ckpt, map_location="cpu").eval()
     saved = torch.load(ckpt, map_location="cpu", weights_only=False)
-    hparams = saved.get("datamodule_hyper_parameters")
-    if not hparams:
-        raise ValueError(f"{ckpt}: has no datamodule_hyper_parameters; was it written by `lightning fit`?")
-    data = SyntheticDataModule(**{k: v for k, v in dict(hparams).items() if not k.startswith("_")})
+    model = prior_class(saved).load_from_checkpoint(ckpt, map_location="cpu").eval()
+    data = instantiate_class((), recorded_dataset(ckpt))
     data.prepare_data()
     data.setup("test")
     return model, data, int(saved["global_step"])
 
 
 def identity_batch(data: Any, identity: int, expressions: list[int]) -> dict[str, Tensor]:
-    """One schema batch: ``identity`` at each of ``expressions`` (B = len), seen from the spread cameras."""
+    """One schema batch: ``identity`` at each of ``expressions`` (B = len), seen from the spread cameras
+    (with the 3DRealHead conditioning maps when the data serves them, identity texture as evaluated)."""
     from data_modules.synthetic import SampleRef, SyntheticViews
 
     cams = data.spread_cameras()
     views = SyntheticViews(data.data_dir, data.rig, [SampleRef(identity, e, cams) for e in expressions], len(cams),
                            data.uv)
+    if hasattr(data, "identity_maps"):  # RealHeadSyntheticDataModule
+        from data_modules.realhead import RealHeadViews
+
+        views = RealHeadViews(views, data.identity_maps, data.hparams.eval_identity_views)
     return {k: torch.stack([views[i][k] for i in range(len(views))]) for k in views[0]}
 
 

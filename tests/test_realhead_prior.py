@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 
 from avatar_lightning.lit.realhead_prior import RealHeadPrior
 from avatar_lightning.losses.adversarial import g_hinge_loss
@@ -140,3 +140,27 @@ def test_augment_jitters_texture_and_foreground_only(batch):
     assert not torch.equal(out["image"], batch["image"]) and not torch.equal(out["uv_identity"], batch["uv_identity"])
     unseen = batch["uv_identity"].abs().sum(1, keepdim=True) == 0
     assert out["uv_identity"].masked_select(unseen.expand_as(out["uv_identity"])).abs().max() == 0
+
+
+class _SameGenerator(Callback):
+    """After DDP training the generator and discriminator heads are the same on both ranks."""
+
+    def on_train_end(self, trainer: Trainer, pl_module: RealHeadPrior) -> None:
+        for name, module in (("generator", pl_module.net), ("discriminator", pl_module.discriminator.heads)):
+            flat = torch.cat([p.detach().flatten() for p in module.parameters()])
+            both = trainer.strategy.all_gather(flat)  # [world, P]
+            if not torch.allclose(both[0], both[1]):
+                raise AssertionError(f"{name} parameters differ across DDP ranks")
+
+
+@pytest.mark.slow
+def test_two_process_ddp_gloo_fit_with_the_discriminator_unused_then_used(datamodule, tmp_path):
+    """The discriminator is not run before adv_start (its parameters unused: find_unused_parameters)
+    and both networks stay synchronised once it is."""
+    torch.manual_seed(0)
+    model = RealHeadPrior(**TINY_MODEL, adv_start=1, adv_ramp=1)
+    trainer = Trainer(accelerator="cpu", devices=2, strategy="ddp_fork_find_unused_parameters_true", max_steps=3,
+                      default_root_dir=tmp_path, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                      limit_val_batches=0, enable_checkpointing=False, callbacks=[_SameGenerator()])
+    trainer.fit(model, datamodule)
+    assert torch.isfinite(trainer.callback_metrics["train/adv_d"])
