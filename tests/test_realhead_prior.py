@@ -164,3 +164,26 @@ def test_two_process_ddp_gloo_fit_with_the_discriminator_unused_then_used(datamo
                       limit_val_batches=0, enable_checkpointing=False, callbacks=[_SameGenerator()])
     trainer.fit(model, datamodule)
     assert torch.isfinite(trainer.callback_metrics["train/adv_d"])
+
+
+def test_report_of_a_realhead_prior_scores_held_out_identities(datamodule, tmp_path):
+    """`python -m avatar_lightning.report` on a 3DRealHead run: rebuilt from the checkpoint alone."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from avatar_lightning import report
+
+    torch.manual_seed(0)
+    model = RealHeadPrior(**TINY_MODEL, adv_start=100)
+    trainer = Trainer(max_steps=2, accelerator="cpu", logger=TensorBoardLogger(tmp_path, name="tb"),
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      limit_val_batches=1, val_check_interval=2, check_val_every_n_epoch=None, log_every_n_steps=1)
+    trainer.fit(model, datamodule)
+    ckpt = tmp_path / "rh.ckpt"
+    trainer.save_checkpoint(ckpt)
+    assert torch.load(ckpt, weights_only=False)["module_class"] == "avatar_lightning.lit.realhead_prior.RealHeadPrior"
+    metrics = report.main([str(trainer.logger.log_dir), "--ckpt", str(ckpt), "--out", str(tmp_path / "r"),
+                           "--identities", "1", "--turntable-frames", "2"])
+    assert metrics["held_out"]["identities"] == datamodule.split_identities()["test"]
+    assert all(torch.isfinite(torch.tensor(metrics["held_out"][k])) for k in ("psnr", "ssim", "lpips"))
+    written = {p.name for p in (tmp_path / "r").iterdir()}
+    assert {"prior_heldout.png", "prior_turntable.png", "prior_curve.png"} <= written
