@@ -74,8 +74,10 @@ def data_value(field: str) -> Callable[[Namespace | None, Any], Any]:
         args = data.init_args.as_dict()
         if field in args:
             return args[field]
-        if issubclass(_import(data.class_path), FewShotDataModule):
-            found = config_value(subject_source(args["source"], args["prior_checkpoint"], args["runs_dir"]), field)
+        data_class = _import(data.class_path)
+        if issubclass(data_class, FewShotDataModule):
+            found = config_value(subject_source(args["source"], args["prior_checkpoint"], args["runs_dir"],
+                                                data_class.prior_kind), field)
             return own if found is None else found
         return own
 

@@ -250,6 +250,8 @@ class RealHeadFewShotDataModule(FewShotDataModule):
             source's ``fewshot(identity, views=...)`` must accept it (:class:`RealHeadSyntheticDataModule`).
     """
 
+    prior_kind = "realhead"  # prior_checkpoint: latest finds a RealHeadPrior
+
     def __init__(self, source: dict | None = None, identity: int | None = None, prior_checkpoint: str = "latest",
                  runs_dir: str = "runs", steps_per_epoch: int = 50, eval_batch_size: int = 2,
                  tracking_noise: dict[str, float] | None = None, views: int = 3) -> None:

@@ -27,6 +27,9 @@ EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 CONFIGS = sorted(EXPERIMENTS.glob("**/*.yaml"))
 FAMILIES = {"avatar_lightning.lit.synshot_prior.SynShotPrior": "prior",
             "avatar_lightning.lit.realhead_prior.RealHeadPrior": "realhead_prior",  # test_experiments_realhead.py
+            # enroll.yaml -> drive.yaml through the CLI: tests/test_realhead_drive.py
+            "avatar_lightning.lit.realhead_enroll.RealHeadEnrollment": "realhead_enroll",
+            "avatar_lightning.realhead.drive.RealHeadDriver": "realhead_drive",
             "avatar_lightning.lit.inversion.SynShotInversion": "invert",
             "avatar_lightning.lit.baseline.GaussianAvatarBaseline": "baseline"}
 #: the tiny synthetic set with 8 cameras: a held-out identity has 2 × 5 evaluation images, not 2 × 25

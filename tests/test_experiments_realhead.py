@@ -21,7 +21,9 @@ from tests.test_experiments import (
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-CONFIGS = sorted(c for c in EXPERIMENTS.glob("**/*.yaml") if family(c) == "realhead_prior")
+# realhead_prior_nersemble.yaml (real data) runs shrunk in tests/test_data_realhead_nersemble.py
+CONFIGS = sorted(c for c in EXPERIMENTS.glob("**/*.yaml") if family(c) == "realhead_prior"
+                 and stacked(c)["data"]["class_path"] == "data_modules.realhead.RealHeadSyntheticDataModule")
 STEPS = 2
 TINY_MODEL = {"levels": 2, "c_base": 128, "c_max": 16, "style_dim": 16, "disc_crop": 64, "adv_start": 1,
               "adv_ramp": 1}

@@ -58,3 +58,17 @@ def test_recorded_dataset_reads_the_record_or_lightnings_datamodule_hparams(tmp_
     torch.save({"state_dict": {}}, tmp_path / "bare.ckpt")
     with pytest.raises(ValueError, match=r"bare\.ckpt records no dataset.*data\.init_args\.source"):
         recorded_dataset(tmp_path / "bare.ckpt")
+
+
+def test_latest_finds_the_newest_prior_of_the_kind_asked_for(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    synshot = _checkpoint(runs / "prior" / "version_0" / "checkpoints" / "last.ckpt", step=1500, age_s=100)
+    realhead = runs / "realhead_prior" / "version_0" / "checkpoints" / "last.ckpt"
+    realhead.parent.mkdir(parents=True)
+    torch.save({"state_dict": {"net.encoder_id.stem.weight": torch.zeros(1)}, "global_step": 3000}, realhead)
+    assert find_prior_checkpoint("latest", runs) == synshot  # the newer 3DRealHead prior is not invertible
+    assert find_prior_checkpoint("latest", runs, kind="realhead") == realhead
+    with pytest.raises(ValueError, match="kind must be one of"):
+        find_prior_checkpoint("latest", runs, kind="nerf")
+    with pytest.raises(FileNotFoundError, match="no realhead prior checkpoint .*realhead_prior.yaml"):
+        find_prior_checkpoint("latest", tmp_path / "empty", kind="realhead")

@@ -4,7 +4,7 @@ A module refuses weights written for another shape (:func:`refuse_other_shape`),
 checkpoint records the DataModule it was trained on (:func:`dataset_config`, written by
 :class:`avatar_lightning.lit.base.AvatarModule` under ``checkpoint["dataset"]``), and the few-shot
 data reads it back (:func:`recorded_dataset`) to take its subject from the prior's own held-out
-identities. :func:`find_prior_checkpoint` resolves ``"latest"`` to the newest SynShot prior.
+identities. :func:`find_prior_checkpoint` resolves ``"latest"`` to the newest prior of a kind.
 """
 
 from __future__ import annotations
@@ -102,25 +102,36 @@ def recorded_dataset(path: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
+#: What identifies each kind of prior in a checkpoint's state dict: its identity encoder.
+PRIOR_MARKERS = {"synshot": "net.enc_id.", "realhead": "net.encoder_id."}
+#: The config that trains each kind (for messages).
+PRIOR_CONFIGS = {"synshot": "experiments/prior.yaml", "realhead": "experiments/realhead_prior.yaml"}
+
+
 def find_prior_checkpoint(spec: str | os.PathLike = "latest", runs_dir: str | os.PathLike = "runs",
-                          min_steps: int = 100, allow_untrained: bool = False) -> Path:
-    """Resolve the SynShot prior checkpoint to invert, and say which one it is (path, step, run config).
+                          min_steps: int = 100, allow_untrained: bool = False, kind: str = "synshot") -> Path:
+    """Resolve the prior checkpoint to invert or enroll from, and say which one it is (path, step, run config).
 
     Args:
         spec: a ``.ckpt`` path, or ``"latest"``: the newest checkpoint under ``runs_dir`` that holds
-            a SynShot prior (its state dict has the identity encoder ``net.enc_id``).
-        runs_dir: where ``lightning fit -c experiments/prior.yaml`` writes its runs.
+            a prior of ``kind`` (its state dict has that prior's identity encoder, :data:`PRIOR_MARKERS`).
+        runs_dir: where ``lightning fit -c experiments/prior.yaml`` (or ``realhead_prior.yaml``) writes its runs.
         min_steps: ``"latest"`` refuses a prior trained for fewer optimiser steps than this (a shrunk
             or smoke-test run's checkpoint is newer than a real one and would otherwise be inverted
             silently). A checkpoint that records no step (not written by Lightning) is taken, with
             its step reported as unknown.
         allow_untrained: take an under-trained ``"latest"`` anyway. A path given as ``spec`` is the
             user's explicit choice and is never refused (only warned about).
+        kind: ``"synshot"`` (the inversion's) or ``"realhead"`` (3DRealHead enrollment's).
 
     Raises:
         FileNotFoundError: naming the path, or ``runs_dir`` and what was looked for.
-        ValueError: ``"latest"`` is an under-trained prior, naming it, its step and how to proceed.
+        ValueError: ``"latest"`` is an under-trained prior, naming it, its step and how to proceed; an
+            unknown ``kind``.
     """
+    if kind not in PRIOR_MARKERS:
+        raise ValueError(f"find_prior_checkpoint: kind must be one of {sorted(PRIOR_MARKERS)}, got {kind!r}")
+    marker, config = PRIOR_MARKERS[kind], PRIOR_CONFIGS[kind]
     def load(path: Path) -> dict[str, Any] | None:
         try:
             return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
@@ -150,16 +161,17 @@ def find_prior_checkpoint(spec: str | os.PathLike = "latest", runs_dir: str | os
     candidates = sorted(root.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True) if root.is_dir() else []
     for path in candidates:
         state = load(path)
-        if state is None or not any(k.startswith("net.enc_id.") for k in state.get("state_dict", {})) or (
+        if state is None or not any(k.startswith(marker) for k in state.get("state_dict", {})) or (
                 "prior_hparams" in state.get("hyper_parameters", {})):
             continue
         step = state.get("global_step")
         if step is not None and step < min_steps and not allow_untrained:
             raise ValueError(f"prior_checkpoint=latest found {describe(path, state)}: trained for {step} steps "
                              f"(< {min_steps}), which looks like a shrunk or interrupted run, not a trained prior. "
-                             f"Train one (lightning fit -c experiments/prior.yaml), or pass the checkpoint you mean "
+                             f"Train one (lightning fit -c {config}), or pass the checkpoint you mean "
                              f"as prior_checkpoint=PATH (an explicit path is used as given).")
         rank_zero_info(f"prior_checkpoint=latest is {describe(path, state)}")
         return path
-    raise FileNotFoundError(f"no SynShot prior checkpoint (*.ckpt with net.enc_id weights) under {root.resolve()}; "
-                            "train one first: lightning fit -c experiments/prior.yaml, or pass prior_checkpoint=PATH")
+    raise FileNotFoundError(f"no {kind} prior checkpoint (*.ckpt with {marker.rstrip('.')} weights) under "
+                            f"{root.resolve()}; train one first: lightning fit -c {config}, or pass "
+                            f"prior_checkpoint=PATH")

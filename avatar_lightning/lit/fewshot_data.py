@@ -57,18 +57,19 @@ class FewShotSource(Protocol):
 
 
 def subject_source(source: dict[str, Any] | None, prior_checkpoint: str = "latest",
-                   runs_dir: str = "runs") -> dict[str, Any]:
+                   runs_dir: str = "runs", prior_kind: str = "synshot") -> dict[str, Any]:
     """The ``{class_path, init_args}`` of the subject's DataModule: ``source`` when given, else the
     dataset the prior was trained on (recorded in its checkpoint).
 
-    ``"latest"`` takes the newest SynShot prior under ``runs_dir`` however long it trained; the
-    inversion refuses an under-trained one itself, so both never disagree silently.
+    ``"latest"`` takes the newest prior of ``prior_kind`` (``synshot`` | ``realhead``) under
+    ``runs_dir`` however long it trained; the inversion refuses an under-trained one itself, so both
+    never disagree silently.
     """
     if source is not None:
         if not isinstance(source, dict) or "class_path" not in source:
             raise ValueError(f"FewShotDataModule.source must be {{class_path, init_args}} or null, got {source!r}")
         return source
-    return recorded_dataset(find_prior_checkpoint(prior_checkpoint, runs_dir, allow_untrained=True))
+    return recorded_dataset(find_prior_checkpoint(prior_checkpoint, runs_dir, allow_untrained=True, kind=prior_kind))
 
 
 class _Repeat(Dataset):
@@ -104,7 +105,13 @@ class FewShotDataModule(LightningDataModule):
         tracking_noise: simulated tracking error handed to ``source.fewshot(identity, tracking_noise=...)``
             (see ``data_modules.tracking_noise``), e.g. ``{"shape": 0.3, "expr": 0.3, "pose": 0.02}``;
             None: exact parameters.
+
+    Class attributes:
+        prior_kind: which prior ``prior_checkpoint: latest`` looks for (``synshot``; 3DRealHead
+            enrollment's subclass: ``realhead``).
     """
+
+    prior_kind: str = "synshot"
 
     def __init__(self, source: dict[str, Any] | None = None, identity: int | None = None,
                  prior_checkpoint: str = "latest", runs_dir: str = "runs", steps_per_epoch: int = 50,
@@ -119,7 +126,7 @@ class FewShotDataModule(LightningDataModule):
         """The subject's DataModule (built on first access)."""
         if self._source is None:
             hp = self.hparams
-            config = subject_source(hp.source, hp.prior_checkpoint, hp.runs_dir)
+            config = subject_source(hp.source, hp.prior_checkpoint, hp.runs_dir, self.prior_kind)
             source = instantiate_class((), config)
             if not isinstance(source, FewShotSource):
                 raise TypeError(f"FewShotDataModule.source {config['class_path']} has no fewshot(identity) / "
