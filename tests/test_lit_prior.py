@@ -192,15 +192,15 @@ def test_prior_turntable(head, prior) -> None:
 
 def test_turntable_centre_ignores_stray_gaussians(head, prior, monkeypatch) -> None:
     """The orbit looks at the head mesh: one Gaussian thrown 10 m away must not move the framing."""
-    from avatar_lightning.lit import synshot_prior
+    from avatar_lightning.lit import render_step
     from avatar_lightning.lit.render_step import head_centre
 
     batch = tiny_batch(head)
     mesh = head(batch["shape"][:1], batch["expr"][:1], batch["pose"][:1], batch["translation"][:1])
     torch.testing.assert_close(head_centre(batch, head), mesh.vertices[0].mean(0))
     seen = []
-    real = synshot_prior.orbit_cameras
-    monkeypatch.setattr(synshot_prior, "orbit_cameras", lambda *a, **k: seen.append(k["target"]) or real(*a, **k))
+    real = render_step.orbit_cameras
+    monkeypatch.setattr(render_step, "orbit_cameras", lambda *a, **k: seen.append(k["target"]) or real(*a, **k))
     prior.turntable(batch, frames=2)
     original = prior.assembler.forward
 

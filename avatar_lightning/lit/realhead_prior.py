@@ -30,14 +30,14 @@ from torch import Tensor
 from avatar_lightning.batch import validate_batch
 from avatar_lightning.head.model import load_head_model
 from avatar_lightning.lit.base import AvatarModule, Outputs, view_rows
-from avatar_lightning.lit.render_step import head_centre, render_batch
+from avatar_lightning.lit.render_step import render_batch, turntable_batch
 from avatar_lightning.losses import PhotometricLoss
 from avatar_lightning.losses.adversarial import d_hinge_loss, diff_augment, g_hinge_loss, logit_sign_stats
 from avatar_lightning.models.projected_disc import ProjectedDiscriminator, crop_to_head
 from avatar_lightning.models.style_unet import GaussianMaps, StyleUNet, activate_gaussian_maps
 from avatar_lightning.realhead.augment import jitter_texture_and_target, random_blur, sample_jitter
 from avatar_lightning.realhead.gaussians import TexelGaussians
-from avatar_lightning.render import Gaussians, orbit_cameras
+from avatar_lightning.render import Gaussians
 
 CM_PER_METRE = 100.0
 
@@ -256,15 +256,8 @@ class RealHeadPrior(AvatarModule):
     @torch.no_grad()
     def turntable(self, batch: Mapping[str, Tensor], frames: int = 24, elevation_deg: float = 10.0) -> Tensor:
         """A 360° orbit of the first sample, upright (global/neck pose zeroed), ``[frames, 3, H, W]``."""
-        one = {k: v[:1] for k, v in batch.items()}
-        one["pose"] = torch.cat([torch.zeros_like(one["pose"][:, :2]), one["pose"][:, 2:]], dim=1)
+        one, orbit = turntable_batch(batch, self.head, frames, elevation_deg)
         raw = self.net(one["uv_identity"], self.expression_input(one))
         _, gaussians = self.gaussians_from_raw(raw, one)
-        centre = head_centre(one, self.head)
-        eye = torch.linalg.inv(one["world_to_cam"][0, 0])[:3, 3]
-        cams = orbit_cameras(frames, float((eye - centre).norm()), elevation_deg, target=centre.cpu())
-        h, w = one["image"].shape[-2:]
-        orbit = dict(one, K=one["K"][:, :1].expand(1, frames, 3, 3), world_to_cam=cams[None].to(centre),
-                     image=one["image"].new_zeros(1, frames, 3, h, w))
         return render_batch(orbit, gaussians, self.texels.binding, self.head,
                             self.hparams.render_backend).rgb[0].clamp(0, 1)

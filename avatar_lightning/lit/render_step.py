@@ -17,7 +17,7 @@ from torch import Tensor
 from avatar_lightning.head.gaussians import MeshBinding, point_transforms, surface_points
 from avatar_lightning.head.gaussians import pose_gaussians as head_pose_gaussians
 from avatar_lightning.head.model import HeadModel
-from avatar_lightning.render import Cameras, Gaussians, RenderOutput, rasterize
+from avatar_lightning.render import Cameras, Gaussians, RenderOutput, orbit_cameras, rasterize
 
 
 def pose_gaussians(canonical: Gaussians, vertex_transforms: Tensor, faces: Tensor, binding: MeshBinding,
@@ -85,3 +85,28 @@ def head_centre(batch: Mapping[str, Tensor], head: HeadModel) -> Tensor:
     """
     mesh = head(batch["shape"][:1], batch["expr"][:1], batch["pose"][:1], batch["translation"][:1])
     return mesh.vertices[0].mean(dim=0)
+
+
+def turntable_batch(batch: Mapping[str, Tensor], head: HeadModel, frames: int = 24,
+                    elevation_deg: float = 10.0) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The first sample of ``batch`` made upright, and a 360° orbit around it, for a prior's turntable.
+
+    The head's global and neck rotations are zeroed (jaw and eyes kept), so the orbit circles an
+    upright head facing +z whatever the sample's head pose was. The orbit is centred on the posed
+    mesh's centroid (:func:`head_centre`) at the distance of the sample's first camera, with that
+    camera's intrinsics.
+
+    Returns:
+        ``(sample, orbit)``: the upright sample (B = 1, every key of ``batch``) to build the Gaussians
+        from, and the same sample with ``frames`` orbit views (``K`` [1, frames, 3, 3],
+        ``world_to_cam`` [1, frames, 4, 4], a blank ``image`` for H, W) to pass to :func:`render_batch`.
+    """
+    one = {k: v[:1] for k, v in batch.items()}
+    one["pose"] = torch.cat([torch.zeros_like(one["pose"][:, :2]), one["pose"][:, 2:]], dim=1)
+    centre = head_centre(one, head)
+    eye = torch.linalg.inv(one["world_to_cam"][0, 0])[:3, 3]
+    cams = orbit_cameras(frames, float((eye - centre).norm()), elevation_deg, target=centre.cpu())
+    h, w = one["image"].shape[-2:]
+    orbit = dict(one, K=one["K"][:, :1].expand(1, frames, 3, 3), world_to_cam=cams[None].to(centre),
+                 image=one["image"].new_zeros(1, frames, 3, h, w))
+    return one, orbit

@@ -29,13 +29,12 @@ from avatar_lightning.head.model import load_head_model
 from avatar_lightning.lit.assemble import Assembled, GaussianAssembler
 from avatar_lightning.lit.base import AvatarModule, Batch, Outputs, view_rows
 from avatar_lightning.lit.checkpoint import shape_differences
-from avatar_lightning.lit.render_step import head_centre, render_batch
+from avatar_lightning.lit.render_step import render_batch, turntable_batch
 from avatar_lightning.losses import GaussianRegularizer, PhotometricLoss, geometry_l1
 from avatar_lightning.losses.photometric import l1_loss, ssim
 from avatar_lightning.metrics import CodebookUsage
 from avatar_lightning.models.quantizer import VectorQuantizer
 from avatar_lightning.models.synshot import PriorOutput, SynShotNet, SynShotNetConfig
-from avatar_lightning.render import orbit_cameras
 
 #: Geometry maps are in metres; L_geom compares them in centimetres, so δ weighs a 1 cm mean error as 1.
 CM_PER_METRE = 100.0
@@ -266,15 +265,8 @@ class SynShotPrior(AvatarModule):
         Returns:
             [frames, 3, H, W] in [0, 1].
         """
-        one = {k: v[:1] for k, v in batch.items()}
-        one["pose"] = torch.cat([torch.zeros_like(one["pose"][:, :2]), one["pose"][:, 2:]], dim=1)
+        one, orbit = turntable_batch(batch, self.head, frames, elevation_deg)
         out = self.net(one["uv_texture"], one["uv_position"], one["uv_expression"])
         assembled = self.assembler(self.net, out.maps)
-        centre = head_centre(one, self.head)
-        eye = torch.linalg.inv(one["world_to_cam"][0, 0])[:3, 3]
-        cams = orbit_cameras(frames, float((eye - centre).norm()), elevation_deg, target=centre.cpu())
-        h, w = one["image"].shape[-2:]
-        orbit = dict(one, K=one["K"][:, :1].expand(1, frames, 3, 3), world_to_cam=cams[None].to(centre),
-                     image=one["image"].new_zeros(1, frames, 3, h, w))
         return render_batch(orbit, assembled.gaussians, assembled.binding, self.head,
                             self.hparams.render_backend).rgb[0].clamp(0, 1)
