@@ -72,7 +72,7 @@ def shares(model: RealHeadPrior, batch: dict[str, torch.Tensor]) -> tuple[float,
     t2 = time.perf_counter()
     from avatar_lightning.lit.realhead_prior import RealHeadOutputs
 
-    model.compute_losses(batch, RealHeadOutputs(raw, maps, gaussians, render))
+    model.compute_losses(batch, RealHeadOutputs(render=render, raw=raw, maps=maps, gaussians=gaussians))
     return t1 - t0, t2 - t1, time.perf_counter() - t2
 
 
