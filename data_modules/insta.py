@@ -12,7 +12,12 @@ The tracker's FLAME has no global rotation/translation (the head pose is in the 
 are zero. The exp files hold no shape, jaw or eye pose: pass ``tracker_dir`` (the tracker's
 ``output/<actor>``) to read them from the ``.frame`` checkpoints, else they are zero (said in the log).
 Split (SynShot / 3DRealHead protocol): the last ``n_test`` frames (600) test, the last ``n_val``
-(20) of those validate, the rest train.
+(20) of those validate, the rest train; ``n_test = 0`` trains on every frame (a single tracked photo,
+a subject that is only inverted).
+
+As an inversion subject (:meth:`INSTADataModule.fewshot`, the ``FewShotSource`` protocol of
+``avatar_lightning.lit.fewshot_data``): the first ``fewshot_inputs`` frames are the inputs, the last
+``fewshot_eval`` (default: the test frames) are held out (:mod:`data_modules.real_fewshot`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import torch
 from torch import Tensor
 
 from avatar_lightning.head.model import load_head_model
+from avatar_lightning.lit.fewshot_data import FewShotSplit
 from data_modules.few_shot import select_few_shot
 from data_modules.insta_meshfit import cached_mesh_fit
 from data_modules.metrical_tracker import frame_number, index_checkpoints, load_tracker_frame
@@ -32,6 +38,7 @@ from data_modules.real_common import (
     Convention,
     FlameParams,
     RealHeadDataModule,
+    RealHeadDataset,
     Sample,
     View,
     data_path,
@@ -39,7 +46,9 @@ from data_modules.real_common import (
     read_json,
     require_keys,
 )
+from data_modules.real_fewshot import UVMaps, fewshot_frames, held_out_frames, input_sample
 from data_modules.real_uv import build_uv_cache
+from data_modules.tracking_noise import TrackingNoise
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +158,16 @@ class INSTASequence:
 
 
 def split_frames(n: int, n_test: int, n_val: int) -> tuple[range, range, range]:
-    """INSTA's split of ``n`` time-ordered frames: train, val (last ``n_val``), test (last ``n_test``)."""
-    if not 0 < n_test < n:
-        raise ValueError(f"n_test={n_test} must be in (0, {n}) for a sequence of {n} frames")
+    """INSTA's split of ``n`` time-ordered frames: train, val (last ``n_val``), test (last ``n_test``).
+
+    ``n_test = 0`` (with ``n_val = 0``) trains on every frame, e.g. a single photo.
+
+    Raises:
+        ValueError: ``n_test`` outside [0, n) or ``n_val`` outside [0, n_test].
+    """
+    if not 0 <= n_test < n:
+        raise ValueError(f"n_test={n_test} must be in [0, {n}) for a sequence of {n} frames (0: no test frames, "
+                         "e.g. a single photo)")
     if not 0 <= n_val <= n_test:
         raise ValueError(f"n_val={n_val} must be in [0, n_test={n_test}]")
     return range(n - n_test), range(n - n_val, n), range(n - n_test, n)
@@ -165,8 +181,10 @@ class INSTADataModule(RealHeadDataModule):
         tracker_dirs: metrical-tracker outputs, one per root (None entries, or None for all: read
             expressions from ``flame/exp`` only).
         tracker_offset: image number minus checkpoint number (FlashAvatar's layout: 1).
-        n_test: frames at the end of each sequence used for testing (SynShot / 3DRealHead: 600).
-        n_val: frames at the very end used for validation (INSTA: 20, a subset of the test frames).
+        n_test: frames at the end of each sequence used for testing (SynShot / 3DRealHead: 600); 0:
+            none (every frame trains; a single tracked photo).
+        n_val: frames at the very end used for validation (INSTA: 20, a subset of the test frames;
+            at most ``n_test``: fewer are used when ``n_test`` is smaller).
         few_shot: train on this many frames per actor, chosen by farthest-point sampling in
             expression space (SynShot: Fibonacci counts 1..987); None trains on all.
         downsample: integer image down-sampling factor; K is scaled to match.
@@ -178,6 +196,10 @@ class INSTADataModule(RealHeadDataModule):
         head_model: ``"builtin"`` or the FLAME pickle the UV maps are built with (the model's head).
         fit_meshes: without tracker checkpoints, recover shape, jaw and eye poses by fitting
             ``head_model`` (the FLAME the data was tracked with) to ``meshes/``; cached beside the data.
+        fewshot_inputs: K, input frames of :meth:`fewshot` (the first K of the sequence; a single
+            photo has K = 1).
+        fewshot_eval: held-out frames of :meth:`fewshot`, the last ones of the sequence; None: the
+            ``n_test`` test frames.
         batch_size: loader batch size.
         num_workers: loader worker processes.
     """
@@ -191,23 +213,25 @@ class INSTADataModule(RealHeadDataModule):
     def __init__(self, roots: list[str], tracker_dirs: list[str | None] | None = None, tracker_offset: int = 0,
                  n_test: int = 600, n_val: int = 20, few_shot: int | None = None, downsample: int = 1,
                  n_shape: int = 300, n_expr: int = 100, background: tuple[float, float, float] = (1.0, 1.0, 1.0),
-                 uv_size: int = 0, head_model: str = "builtin", fit_meshes: bool = False, batch_size: int = 1,
-                 num_workers: int = 0) -> None:
+                 uv_size: int = 0, head_model: str = "builtin", fit_meshes: bool = False, fewshot_inputs: int = 3,
+                 fewshot_eval: int | None = None, batch_size: int = 1, num_workers: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.sequences: list[INSTASequence] = []
         if tracker_dirs is not None and len(tracker_dirs) != len(roots):
             raise ValueError(f"tracker_dirs has {len(tracker_dirs)} entries but roots has {len(roots)}")
 
     def read_splits(self) -> tuple[dict[str, list[Sample]], str]:
         hp = self.hparams
         splits: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
-        sources = []
+        sources, self.sequences = [], []
         for i, root in enumerate(hp.roots):
             tracker = hp.tracker_dirs[i] if hp.tracker_dirs is not None else None
             seq = INSTASequence(root, hp.n_shape, hp.n_expr, tracker, hp.tracker_offset)
             if tracker is None and hp.fit_meshes:
                 seq.fit_meshes(load_head_model(hp.head_model, n_shape=hp.n_shape, n_expr=hp.n_expr), hp.head_model)
             sources.append(seq.source)
+            self.sequences.append(seq)
             for name, samples in self._sequence_samples(seq, identity=i).items():
                 splits[name].extend(samples)
         return splits, "FLAME from " + "; ".join(sorted(set(sources)))
@@ -221,13 +245,66 @@ class INSTADataModule(RealHeadDataModule):
 
     def _sequence_samples(self, seq: INSTASequence, identity: int) -> dict[str, list[Sample]]:
         hp = self.hparams
-        train, val, test = split_frames(len(seq.views), hp.n_test, hp.n_val)
+        train, val, test = split_frames(len(seq.views), hp.n_test, min(hp.n_val, hp.n_test))
         expr = torch.stack([seq.flame[i].expr for i in train])
         shots = [train[j] for j in select_few_shot(expr, hp.few_shot, str(seq.root)).tolist()]
+        return {"train": seq_samples(seq, shots, identity), "val": seq_samples(seq, val, identity),
+                "test": seq_samples(seq, test, identity)}
 
-        def samples(indices: list[int] | range) -> list[Sample]:
-            return [Sample(views=[seq.views[i]], flame=seq.flame[i], identity=identity, frame=seq.numbers[i],
-                           root=seq.root)
-                    for i in indices]
+    # -- few-shot subject (avatar_lightning.lit.fewshot_data.FewShotSource) ------------------------------
+    def split_identities(self) -> dict[str, list[int]]:
+        """Identity (actor) indices per split. INSTA splits each actor's frames in time, not actors:
+        every actor is in every split (a prior trained on these actors has seen all of them)."""
+        ids = list(range(len(self.hparams.roots)))
+        return {"train": ids, "val": ids, "test": ids}
 
-        return {"train": samples(shots), "val": samples(val), "test": samples(test)}
+    def fewshot(self, identity: int | None = None, tracking_noise: TrackingNoise | dict | None = None,
+                inputs: int | list[int] | None = None) -> FewShotSplit:
+        """One actor as an inversion subject: K input frames, the held-out frames to score.
+
+        Inputs are one sample whose V = K views are the input frames (their own cameras; their mean
+        expression and jaw/eye pose, :mod:`data_modules.real_fewshot`), with ``uv_texture``
+        back-projected from those frames only. Evaluation: the last ``fewshot_eval`` frames (default:
+        the test frames), each with its own parameters, minus any input frame.
+
+        Args:
+            identity: actor index (position in ``roots``); None: the first.
+            tracking_noise: extra simulated tracking error on the parameters (``TrackingNoise`` or its dict).
+            inputs: K (the first K frames) or explicit frame positions (0-based, in time order);
+                None: ``fewshot_inputs``.
+
+        Returns:
+            :class:`~avatar_lightning.lit.fewshot_data.FewShotSplit` (``input_cameras``: the input
+            frames' positions, the cameras of a monocular sequence).
+
+        Raises:
+            RuntimeError: before ``setup``.
+            ValueError: ``identity`` out of range, or frames that do not fit the sequence
+                (:func:`~data_modules.real_fewshot.fewshot_frames`).
+        """
+        hp = self.hparams
+        if not self.sequences or self.image_size is None:
+            raise RuntimeError("INSTADataModule.fewshot: call setup() first")
+        identity = 0 if identity is None else int(identity)
+        if not 0 <= identity < len(self.sequences):
+            raise ValueError(f"INSTADataModule.fewshot: identity {identity} is not one of the {len(self.sequences)} "
+                             f"actor(s) in roots")
+        seq = self.sequences[identity]
+        n_eval = hp.n_test if hp.fewshot_eval is None else hp.fewshot_eval
+        picks, held = fewshot_frames(len(seq.views), hp.fewshot_inputs if inputs is None else inputs, n_eval,
+                                     str(seq.root))
+        noise = TrackingNoise.parse(tracking_noise)
+        maps = None
+        if hp.uv_size > 0:
+            maps = UVMaps(load_head_model(hp.head_model, n_shape=hp.n_shape, n_expr=hp.n_expr), hp.uv_size)
+        bg = torch.tensor(hp.background, dtype=torch.float32)
+        batch = input_sample(seq_samples(seq, picks, identity), hp.downsample, bg, self.image_size, maps, noise)
+        base = RealHeadDataset(seq_samples(seq, held, identity), hp.downsample, bg, None, None, self.image_size)
+        return FewShotSplit(identity=identity, inputs=batch, evaluation=held_out_frames(base, batch, maps, noise),
+                            input_cameras=picks)
+
+
+def seq_samples(seq: INSTASequence, indices: list[int] | range, identity: int) -> list[Sample]:
+    """Samples of the frames at ``indices`` (positions in time order) of one sequence."""
+    return [Sample(views=[seq.views[i]], flame=seq.flame[i], identity=identity, frame=seq.numbers[i], root=seq.root)
+            for i in indices]
