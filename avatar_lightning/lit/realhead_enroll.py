@@ -26,7 +26,6 @@ per view bucket). Dimension letters: B batch, V views, L levels, R UV side.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -36,9 +35,9 @@ from torch import Tensor, nn
 from avatar_lightning.batch import validate_batch
 from avatar_lightning.head.gaussians import MeshBinding
 from avatar_lightning.lit.avatar_common import FewShotAvatar
-from avatar_lightning.lit.base import Batch, Outputs
+from avatar_lightning.lit.base import Batch
 from avatar_lightning.lit.checkpoint import dataset_config, refuse_other_shape
-from avatar_lightning.lit.realhead_prior import RealHeadPrior
+from avatar_lightning.lit.realhead_prior import RealHeadOutputs, RealHeadPrior
 from avatar_lightning.lit.render_step import head_centre, render_batch
 from avatar_lightning.lit.stopping import input_frames
 from avatar_lightning.losses import PhotometricLoss
@@ -59,20 +58,8 @@ DATA_FIELDS = ("head_model", "n_shape", "n_expr", "uv_size")
 PRIOR_SHAPE = (*DATA_FIELDS, "levels", "c_base", "c_max", "style_dim", "mapping_layers", "use_mouth")
 
 
-@dataclass
-class EnrollmentOutputs(Outputs):
-    """One forward pass of the enrolled avatar.
-
-    Attributes:
-        render: rgb [B, V, 3, H, W] (no colour affine).
-        raw: Tensor  # [B, 59, R, R] the decoder's maps.
-        maps: activated :class:`GaussianMaps`.
-        gaussians: canonical :class:`Gaussians` [B, N, ...].
-    """
-
-    raw: Tensor
-    maps: GaussianMaps
-    gaussians: Gaussians
+#: One forward pass of the enrolled avatar: the prior's outputs (render without the colour affine).
+EnrollmentOutputs = RealHeadOutputs
 
 
 class RealHeadEnrollment(FewShotAvatar):
