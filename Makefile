@@ -41,7 +41,7 @@ demo: ## fair benchmark: prior, then inversion and no-prior baseline on 5 held-o
 	OMP_NUM_THREADS=2 $(BIN)/python -m avatar_lightning.demo --prior-config experiments/demo_prior.yaml --out runs/demo
 
 demo-three-way: ## the fair benchmark with 3DRealHead enrollment too (1- and 3-shot): SynShot inversion vs 3DRealHead vs baseline on the same subjects and inputs; trains both demo priors
-	OMP_NUM_THREADS=2 $(BIN)/python -m avatar_lightning.demo --methods all --out runs/demo3
+	OMP_NUM_THREADS=2 $(BIN)/python -m avatar_lightning.demo --methods all --out runs/demo3 --resume
 
 prior: ## train experiments/prior.yaml (≈18 min on 2 CPU cores), then write its report (curve, held-out grid)
 	OMP_NUM_THREADS=2 $(BIN)/lightning fit -c experiments/prior.yaml

@@ -20,6 +20,7 @@ from avatar_lightning.demo import (
     SPLITS,
     Fit,
     check_same_data,
+    fit_overrides,
     main,
     markdown_table,
     parse_methods,
@@ -72,6 +73,9 @@ def test_methods_registry_and_fit_arguments(tmp_path: Path) -> None:
         assert f"--model.init_args.prior_checkpoint={priors['realhead']}" in args[m]
         assert f"--data.init_args.views={views}" in args[m] and "experiments/enroll.yaml" in args[m]
     assert all("--data.init_args.identity=12" in a and "--x=1" in a for a in args.values())
+    cap = {m: [a for a in fit_overrides(m, 0, 600, 4000, None, 2) if "max_steps_per_frame" in a] for m in METHODS}
+    assert cap["enrollment"] == cap["inversion"] == ["--trainer.callbacks.init_args.max_steps_per_frame=600"]
+    assert cap["enrollment_1view"] == ["--trainer.callbacks.init_args.max_steps_per_frame=1800"]  # same 1,800 steps
 
 
 def four_method_fits() -> list[Fit]:
@@ -180,6 +184,6 @@ def test_shrunk_three_way_run_through_the_entry_point(tmp_path: Path) -> None:
     assert len({f["fingerprints"]["inputs"] for f in three.values()}) == 1  # ... images and parameters
     assert len({f["fingerprints"]["evaluation"] for f in fits.values()}) == 1  # the same held-out images
     assert fits["enrollment_1view"]["input_cameras"] == fits["enrollment"]["input_cameras"][:1]  # frontal
-    assert all(f["stop_kind"] == "budget" for f in fits.values())  # 3 steps (1 for 1 view): the cap, flagged
+    assert all(f["stop_kind"] == "budget" and f["steps"] == 3 for f in fits.values())  # the cap (1 view too), flagged
     assert "**Stopped by a cap, not converged" in table
     assert main([*argv, "--resume"]).split("Settings")[0] == table.split("Settings")[0]  # nothing refitted

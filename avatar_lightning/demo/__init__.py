@@ -8,9 +8,10 @@ or ``--realhead-prior-config``, then ``experiments/enroll.yaml``) from the same 
 enrollment from the frontal view alone (paper Fig. 3). Fairness rules (issues "Honest measurement", 17):
 
 - **Own convergence.** Every fit runs until its own EMA plateau (``callbacks.EMAEarlyStopping``),
-  under a generous cap (``--cap-steps-per-frame`` × input images, and ``trainer.max_steps``, the same
-  rule for every method) that no run should reach; each fit's stop kind is recorded and a fit ended by
-  a cap is flagged in the table. Each method keeps its own learning rates (its config's).
+  under a generous cap (``--cap-steps-per-frame`` × 3 steps, the 1-view fit's too, and
+  ``trainer.max_steps``: the same rule for every method) that no run should reach; each fit's stop
+  kind is recorded and a fit ended by a cap is flagged in the table. Each method keeps its own
+  learning rates (its config's).
 - **Same subjects, inputs and evaluation.** Both priors must be trained on one dataset (the demo
   refuses otherwise); every method sees the same 3 input images and parameters (the 3DRealHead
   identity texture is back-projected from exactly those views) and is scored by the same head-region
