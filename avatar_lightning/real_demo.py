@@ -12,8 +12,17 @@
 3. **Astronaut**: invert the prior on the photo (K = 1), export its turntable, and drive it with
    carphone's held-out frames (their expressions, jaw/eyes, and head motion relative to carphone's
    first input frame), seen from the photo's own camera.
+4. **3DRealHead** (unless ``--no-realhead``): enroll the 3DRealHead prior on the same 3 carphone frames
+   through ``experiments/enroll.yaml`` (:mod:`avatar_lightning.real.enroll`; subject data
+   :class:`data_modules.realhead_insta.RealHeadINSTADataModule`) and score the same held-out frames,
+   before (E_id only) and after enrollment; each held-out frame drives the avatar with its tracked
+   expression and jaw **and its own image's Sobel mouth map**, as the paper drives from a monocular
+   video (§IV-C2) — an input SynShot does not get, said in the table. Enroll the astronaut photo (1 view)
+   and drive it with carphone's frames (their offsets and mouth maps).
 
-The prior is ``--prior PATH``, or the newest trained SynShot prior under ``runs/`` (as
+The 3DRealHead prior is ``--realhead-prior PATH`` or the newest trained one under ``runs/``, else
+``experiments/demo_realhead_prior.yaml`` is trained first (≈10 min more); it must use the SynShot
+prior's head model. The SynShot prior is ``--prior PATH``, or the newest trained SynShot prior under ``runs/`` (as
 ``experiments/invert.yaml``'s ``prior_checkpoint: latest`` finds it); when there is none, the small
 ``experiments/demo_prior.yaml`` is trained first, as ``make demo`` does (≈10–16 min more); the output
 says which. Each inversion ends at its own EMA plateau or at a step cap (``--cap-steps-per-frame`` ×
@@ -23,7 +32,9 @@ Outputs under ``--out`` (default ``runs/real_demo``): ``tracked/{astronaut,carph
 with overlays), ``carphone/`` and ``astronaut/`` (avatar.ckpt, avatar.ply, turntable.mp4,
 expressions.mp4, metrics.json), ``carphone_reenactment.mp4`` (real | prior | stage 1 | stage 2),
 ``astronaut_driven.mp4`` (carphone | driven astronaut), ``real_reenactment.png``,
-``real_astronaut.png``, ``table.md`` and ``results.json``.
+``real_astronaut.png``, ``table.md`` and ``results.json``; with 3DRealHead also
+``carphone_realhead/`` and ``astronaut_realhead/`` (the enrolled avatars), ``astronaut_driven_realhead.mp4``
+and ``real_astronaut_realhead.png``; ``carphone_reenactment.mp4`` and ``real_reenactment.png`` gain its rows.
 
     python -m avatar_lightning.real_demo --out runs/real_demo [--prior PATH.ckpt] [--size 96]
 """
@@ -43,6 +54,14 @@ from lightning.pytorch.cli import instantiate_class
 
 from avatar_lightning.export import write_video
 from avatar_lightning.io import save_image, write_bytes, write_json
+from avatar_lightning.real.enroll import (
+    EnrollSettings,
+    RealHeadChoice,
+    enroll,
+    realhead_source,
+    resolve_realhead_prior,
+    untuned_enrollment,
+)
 from avatar_lightning.real.fit import FitSettings, Inversion, insta_source, invert, stage_models
 from avatar_lightning.real.prior import PriorChoice, resolve_prior
 from avatar_lightning.real.reenact import (
@@ -63,6 +82,9 @@ log = logging.getLogger(__name__)
 STAGES = {"prior": "prior, no per-subject tuning (E_id on the inputs' UV maps)",
           "stage1": "after stage 1 (E_id tuned; the prior's decoders)",
           "stage2": "after stage 2 (pivotal tuning: decoders + regressors)"}
+#: the 3DRealHead rows (same held-out frames)
+REALHEAD_STAGES = {"realhead_eid": "3DRealHead, E_id only (no per-subject tuning)",
+                   "realhead": "3DRealHead after enrollment (identity maps + final layer)"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--astronaut-dir", default=None, help="use this tracked astronaut folder instead of tracking")
     p.add_argument("--carphone-dir", default=None, help="use this tracked carphone folder instead of tracking")
     p.add_argument("--fit-arg", action="append", default=[], help="extra CLI argument of both inversions")
+    p.add_argument("--no-realhead", action="store_true", help="skip the 3DRealHead enrollments")
+    p.add_argument("--realhead-prior", default="latest",
+                   help="3DRealHead prior checkpoint, or 'latest' (newest under --runs-dir)")
+    p.add_argument("--realhead-prior-config", default="experiments/demo_realhead_prior.yaml",
+                   help="trained when no 3DRealHead prior exists")
+    p.add_argument("--enroll-config", default="experiments/enroll.yaml", help="the enrollment config")
+    p.add_argument("--enroll-arg", action="append", default=[], help="extra CLI argument of both enrollments")
     return p
 
 
@@ -145,21 +174,35 @@ def astronaut_figure(astro: Inversion, driven: list[torch.Tensor], driver: torch
     return make_grid(torch.cat(rows), ncol=columns + 1)
 
 
-def domain_gap(stages: dict[str, dict[str, dict[str, float]]]) -> str:
-    """One plain sentence per score: prior → stage 1 → stage 2 means (NaN: a stage not reached)."""
+def domain_gap(stages: dict[str, dict[str, dict[str, float]]], order: tuple[str, ...] = tuple(STAGES),
+               title: str = "Prior → after stage 1 → after stage 2") -> str:
+    """One plain sentence per score: the means of ``order``'s models, first to last (NaN: not reached)."""
     parts = []
     for key, unit in (("psnr", " dB"), ("ssim", ""), ("lpips", ""), ("id", "")):
-        vals = [stages.get(s, {}).get(key, {}).get("mean", float("nan")) for s in STAGES]
-        parts.append(f"{key.upper()} {vals[0]:.3f} → {vals[1]:.3f} → {vals[2]:.3f}{unit} "
-                     f"(Δ stage 2 − prior {vals[2] - vals[0]:+.3f})")
-    return "Prior → after stage 1 → after stage 2 on the held-out real frames: " + "; ".join(parts) + "."
+        vals = [stages.get(s, {}).get(key, {}).get("mean", float("nan")) for s in order]
+        parts.append(f"{key.upper()} " + " → ".join(f"{v:.3f}" for v in vals)
+                     + f"{unit} (Δ {vals[-1] - vals[0]:+.3f})")
+    return f"{title} on the held-out real frames: " + "; ".join(parts) + "."
+
+
+def realhead_section(realhead: RealHeadChoice | None, stages: dict[str, dict[str, dict[str, float]]]) -> str:
+    """The table's paragraph on the 3DRealHead rows (empty without them)."""
+    if realhead is None:
+        return ""
+    return (f"3DRealHead prior: `{realhead.path}` — {realhead.how}; {realhead.steps} training steps, "
+            f"{realhead.uv_size}² maps. Its rows drive each held-out frame with the frame's tracked expression and "
+            "jaw **and the Sobel map of the frame's own mouth region** (paper §IV-C2: the driving video's mouth "
+            "features are an input); the SynShot rows get the tracked parameters only. The input frames and the "
+            "scored frames are the same for every row.\n\n"
+            + domain_gap(stages, tuple(REALHEAD_STAGES), "3DRealHead, E_id only → enrolled") + "\n\n")
 
 
 def write_table(out: Path, prior: PriorChoice, tracked: dict[str, Tracked], fits: list[Inversion],
                 stages: dict[str, dict[str, dict[str, float]]], carphone: Inversion, args: argparse.Namespace,
-                timings: dict[str, float]) -> str:
+                timings: dict[str, float], realhead: RealHeadChoice | None = None) -> str:
     """``table.md`` and ``results.json``; returns the markdown."""
     n_eval, k = len(carphone.split.evaluation), int(carphone.metrics.get("n_input_frames", args.inputs))
+    labels = {**STAGES, **(REALHEAD_STAGES if realhead is not None else {})}
     track_rows = "\n".join(f"| {t.name} | {t.frames} | {t.error_px:.2f} px ({100 * t.error_rel:.1f} % of the face) | "
                            f"{t.jitter_px:.2f} px | {t.seconds:.0f} |" for t in tracked.values())
     md = (f"# Real photos and real video (python -m avatar_lightning.real_demo)\n\n"
@@ -173,22 +216,39 @@ def write_table(out: Path, prior: PriorChoice, tracked: dict[str, Tracked], fits
           f"## Self-reenactment of carphone\n\nInputs: the first {k} tracked frames (consecutive, so nearly one "
           f"view; they share their mean expression). Scored: the {n_eval} later frames, each rendered with its own "
           "tracked expression, jaw/eye pose and camera, against the real frame, head region from the tracker's "
-          "mask; mean ± std over frames.\n\n"
-          f"{scores_table({STAGES[s]: stages.get(s, {}) for s in STAGES})}\n\n{domain_gap(stages)}\n\n"
+          "mask; mean ± std over frames (t-LPIPS over the consecutive pairs).\n\n"
+          f"{scores_table({labels[s]: stages.get(s, {}) for s in labels})}\n\n{domain_gap(stages)}\n\n"
+          f"{realhead_section(realhead, stages)}"
           "## Astronaut\n\nInverted from the one photo (K = 1; nothing held out, so unscored): "
           "`astronaut/turntable.mp4`; "
           "driven by carphone's held-out frames (their expression, jaw and eyes, and their head motion relative to "
-          "carphone's first input frame), seen from the photo's camera: `astronaut_driven.mp4`.\n\n"
+          "carphone's first input frame), seen from the photo's camera: `astronaut_driven.mp4`"
+          + ("; the 3DRealHead avatar enrolled from the photo, driven by the same frames (and their mouth maps): "
+             "`astronaut_driven_realhead.mp4`" if realhead is not None else "") + ".\n\n"
           "Wall time (s): " + ", ".join(f"{key} {v:.0f}" for key, v in timings.items()) + "\n")
     write_bytes(out / "table.md", md.encode())
     write_json(out / "results.json", {
         "prior": {"path": str(prior.path), "how": prior.how, "steps": prior.steps,
                   "map_resolution": prior.map_resolution, "head_model": prior.head_model},
+        "realhead_prior": None if realhead is None else {"path": str(realhead.path), "how": realhead.how,
+                                                         "steps": realhead.steps, "uv_size": realhead.uv_size},
         "tracking": {n: t.record() for n, t in tracked.items()}, "fits": [f.record() for f in fits],
         "self_reenactment": {"input_frames": k, "held_out_frames": n_eval, "scores": stages},
         "settings": dict(vars(args)), "timings_s": {name: round(v, 1) for name, v in timings.items()},
     })
     return md
+
+
+def drive_astronaut(astro: Inversion, car: Inversion, evaluation: Any, real: torch.Tensor, out: Path, name: str,
+                    fps: float) -> list[torch.Tensor]:
+    """Drive the astronaut avatar with carphone's held-out frames ``evaluation`` (schema samples, seen
+    from the photo's camera); writes ``<name>.mp4`` (carphone ``real`` | driven) and returns the driven
+    frames ``[3, H, W]`` in [0, 1]."""
+    frames = (evaluation[i] for i in range(len(evaluation)))
+    samples = driving_samples(astro.model.inputs, car.split.inputs["world_to_cam"][0, 0], frames)
+    driven = [f.cpu() for f in astro.model.render_frames(samples, 8)]
+    write_video(out / f"{name}.mp4", (torch.cat([a, b], -1) for a, b in zip(real, driven, strict=True)), fps=fps)
+    return driven
 
 
 def run(args: argparse.Namespace) -> str:
@@ -202,10 +262,19 @@ def run(args: argparse.Namespace) -> str:
 
     prior = resolve_prior(args.prior, args.runs_dir, args.prior_config, out, args.seed)
     print(f"prior: {prior.path} ({prior.how})", flush=True)
+    realhead = None
+    if not args.no_realhead:
+        realhead = resolve_realhead_prior(args.realhead_prior, args.runs_dir, args.realhead_prior_config, out,
+                                          args.seed, prior)
+        print(f"3DRealHead prior: {realhead.path} ({realhead.how})", flush=True)
     t = lap("prior", start)
     tracked = track_all(args, prior, out)
     sources = {"carphone": insta_source(tracked["carphone"].folder, tracked["carphone"].frames, args.inputs, prior),
                "astronaut": insta_source(tracked["astronaut"].folder, tracked["astronaut"].frames, 1, prior)}
+    if realhead is not None:
+        for name in ("carphone", "astronaut"):
+            k = args.inputs if name == "carphone" else 1
+            sources[f"{name}_realhead"] = realhead_source(tracked[name].folder, tracked[name].frames, k, realhead)
     for source in sources.values():
         check_subject(source)
     t = lap("tracking", t)
@@ -218,22 +287,40 @@ def run(args: argparse.Namespace) -> str:
     runs = {name: score_frames(model, evaluation) for name, model in stage_models(car.model, prior).items()}
     if int(car.model.stage) == 2:  # else the fit ended during stage 1 (a cap): no stage-2 row
         runs["stage2"] = score_frames(car.model, evaluation)
+    t = lap("score_carphone", t)
+    fits = [car]
+    if realhead is not None:
+        rh_settings = EnrollSettings(config=args.enroll_config, cap_steps_per_frame=args.cap_steps_per_frame,
+                                     max_steps=args.max_steps, turntable_frames=args.turntable_frames, seed=args.seed,
+                                     extra=tuple(args.enroll_arg))
+        car_rh = enroll("carphone, 3DRealHead (self-reenactment)", realhead, sources["carphone_realhead"],
+                        min(args.inputs, 3), out / "carphone_realhead", rh_settings)
+        rh_eval = car_rh.split.evaluation
+        if [int(rh_eval[i]["frame"]) for i in range(len(rh_eval))] != runs["prior"].frames:
+            raise ValueError("the 3DRealHead enrollment and the SynShot inversion hold out different carphone frames")
+        runs["realhead_eid"] = score_frames(untuned_enrollment(car_rh.model, realhead), rh_eval)
+        runs["realhead"] = score_frames(car_rh.model, rh_eval)
+        fits.append(car_rh)
+        t = lap("fit_score_carphone_realhead", t)
     write_video(out / "carphone_reenactment.mp4", video_frames(runs), fps=args.fps)
     save_image(out / "real_reenactment.png", reenactment_strip(runs))
-    t = lap("score_carphone", t)
     astro = invert("astronaut (one photo)", prior, sources["astronaut"], out / "astronaut", settings)
+    fits.append(astro)
     t = lap("fit_astronaut", t)
-    frames = (evaluation[i] for i in range(len(evaluation)))
-    samples = driving_samples(astro.model.inputs, car.split.inputs["world_to_cam"][0, 0], frames)
-    driven = [f.cpu() for f in astro.model.render_frames(samples, 8)]
     real = runs["prior"].targets
-    write_video(out / "astronaut_driven.mp4", (torch.cat([a, b], -1) for a, b in zip(real, driven, strict=True)),
-                fps=args.fps)
+    driven = drive_astronaut(astro, car, evaluation, real, out, "astronaut_driven", args.fps)
     save_image(out / "real_astronaut.png", astronaut_figure(astro, driven, real))
-    lap("drive_astronaut", t)
+    t = lap("drive_astronaut", t)
+    if realhead is not None:
+        astro_rh = enroll("astronaut, 3DRealHead (one photo)", realhead, sources["astronaut_realhead"], 1,
+                          out / "astronaut_realhead", rh_settings)
+        fits.append(astro_rh)
+        driven_rh = drive_astronaut(astro_rh, car, rh_eval, real, out, "astronaut_driven_realhead", args.fps)
+        save_image(out / "real_astronaut_realhead.png", astronaut_figure(astro_rh, driven_rh, real))
+        lap("enroll_drive_astronaut_realhead", t)
     timings["total"] = time.perf_counter() - start
-    return write_table(out, prior, tracked, [car, astro], {n: r.summary() for n, r in runs.items()}, car, args,
-                       timings)
+    return write_table(out, prior, tracked, fits, {n: r.summary() for n, r in runs.items()}, car, args, timings,
+                       realhead)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,7 +44,7 @@ from data_modules.synthetic import SampleRef, SyntheticDataModule, SyntheticView
 from data_modules.uv_cache import UVCache, read_cached
 
 #: Bumped when the cached maps change for the same settings.
-REALHEAD_CACHE_VERSION = 1
+REALHEAD_CACHE_VERSION = 2  # 2: Sobel maps of flat frames are zeros (MIN_GRADIENT)
 IDENTITY_VIEWS = ("mixed", "1", "3")
 #: Enrollment input views (paper §IV-C1: 1–3 neutral images; the identity texture exists for 1 and 3).
 ENROLL_VIEWS = (1, 3)

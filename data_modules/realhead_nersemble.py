@@ -39,11 +39,12 @@ from pathlib import Path
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from avatar_lightning.fingerprint import file_digest, head_model_digest
 from avatar_lightning.head.model import load_head_model
+from avatar_lightning.lit.fewshot_data import FewShotSplit
 from avatar_lightning.realhead.inputs import (
     MOUTH_FEATURES,
     MOUTH_REGIONS,
@@ -53,13 +54,21 @@ from avatar_lightning.realhead.inputs import (
     region_mask,
 )
 from data_modules.nersemble import NeRSembleDataModule, VHAPSequence, group_views
-from data_modules.real_common import FlameParams, RealHeadDataModule, Sample, View, load_view_pixels, thin
+from data_modules.real_common import (
+    FlameParams,
+    RealHeadDataModule,
+    RealHeadDataset,
+    Sample,
+    View,
+    load_view_pixels,
+    thin,
+)
 from data_modules.real_uv import sample_key
-from data_modules.realhead import IDENTITY_VIEWS, neutral_index
+from data_modules.realhead import ENROLL_VIEWS, IDENTITY_VIEWS, neutral_index
 from data_modules.uv_cache import UVCache, read_cached
 
 #: Bumped when the cached maps change for the same settings.
-REALHEAD_NERSEMBLE_FORMAT = 1
+REALHEAD_NERSEMBLE_FORMAT = 2  # 2: Sobel maps of flat frames are zeros (MIN_GRADIENT)
 SPLITS = ("train", "val", "test")
 FIELDS = {"train": "train_subjects", "val": "val_subjects", "test": "test_subjects"}
 #: NeRSemble's raw frames are 3208 × 2200 (FORMATS.md); the paper trains at 4× down-sampled.
@@ -369,9 +378,94 @@ class RealHeadNeRSembleDataModule(RealHeadDataModule):
                        f"{len(todo) + len(identities) - computed} from cache")
         return {k: [files[s.root, s.local_frame] for s in ss] for k, ss in self.splits.items()}, identities
 
+    # -- enrollment subject (avatar_lightning.lit.fewshot_data.FewShotSource) ------------------------
+    def split_identities(self) -> dict[str, list[int]]:
+        """Identity indices of the train / val / test subjects (the split is by subject)."""
+        return {split: [self.subjects[n].identity for n in names if n in self.subjects]
+                for split, names in self.subject_lists().items()}
+
+    def fewshot(self, identity: int | None = None, tracking_noise: dict | None = None,
+                views: int | None = None) -> FewShotSplit:
+        """A subject as a 3DRealHead enrollment subject (paper §IV-C1, §V-B: held-out NeRSemble subjects).
+
+        Inputs: the subject's neutral frame seen by its identity cameras, frontal first (1 view: the
+        frontal camera; 3: with the two side cameras), with ``uv_identity`` back-projected from exactly
+        those views and the neutral frame's ``uv_expr_offset`` / ``uv_mouth`` (frontal camera), all
+        read from the cache the prior's data built. Evaluation: every other (frame, camera) image of the
+        subject in its split, each with its own frame's maps. The neutral frame is renumbered ``frame``
+        0 and every other frame ``frame + 1`` (order kept), because the enrollment's evaluation counts
+        frame 0 as the novel-view (neutral) frame and every other as a novel expression.
+
+        Args:
+            identity: the subject's identity index; None: the first test subject.
+            tracking_noise: not supported (must be None).
+            views: 1 or 3 input views; None: 3.
+
+        Returns:
+            :class:`~avatar_lightning.lit.fewshot_data.FewShotSplit` (``input_cameras``: NeRSemble camera ids).
+
+        Raises:
+            RuntimeError: before ``setup``.
+            ValueError: ``views`` not 1 or 3, ``tracking_noise`` given, an unknown identity (naming the
+                configured subjects), or a subject whose split holds no image besides the inputs.
+        """
+        if not self.datasets:
+            raise RuntimeError("RealHeadNeRSembleDataModule.fewshot: call setup() first")
+        views = 3 if views is None else int(views)
+        if views not in ENROLL_VIEWS:
+            raise ValueError(f"RealHeadNeRSembleDataModule.fewshot: views must be one of {ENROLL_VIEWS}, got {views}")
+        if tracking_noise:
+            raise ValueError("RealHeadNeRSembleDataModule.fewshot: tracking_noise is not supported for the 3DRealHead "
+                             "inputs (their cached maps come from VHAP's parameters)")
+        ids = self.split_identities()
+        identity = ids["test"][0] if identity is None else int(identity)
+        subject = next((s for s in self.subjects.values() if s.identity == identity), None)
+        if subject is None:
+            raise ValueError(f"RealHeadNeRSembleDataModule.fewshot: identity {identity} is none of the configured "
+                             f"subjects {{{', '.join(f'{s.name!r}: {s.identity}' for s in self.subjects.values())}}}")
+        split = next(k for k, v in ids.items() if identity in v)
+        data: ConditionedViews = self.datasets[split]
+        samples = data.base.samples
+        neutral, neutral_views = subject.neutral_views()
+        seq_i, t = subject.neutral
+        root, number = subject.sequences[seq_i].root, subject.offsets[seq_i] + t
+        mine = [i for i, s in enumerate(samples) if s.identity == identity]
+        at_neutral = [i for i in mine if samples[i].root == root and samples[i].local_frame == t]
+        frame_file = data.frame_files[at_neutral[0]] if at_neutral else None
+        if frame_file is None:
+            raise ValueError(f"subject {subject.name!r}: its neutral frame {t} of {root} is not in the {split} split "
+                             "(thinned by max_val_samples?); enroll a test subject")
+        cams = subject.identity_cameras[:views]
+        inputs_base = RealHeadDataset([Sample(neutral_views[:views], neutral.flame, identity, number, root, t)],
+                                      self.hparams.downsample, data.base.background, data.base.stored_background,
+                                      None, self.image_size)
+        inputs = ConditionedViews(inputs_base, [frame_file], data.identity_files, str(views))[0]
+        keep = [i for i in mine if not (i in at_neutral and samples[i].views[0].camera in cams)]
+        if not keep:
+            raise ValueError(f"subject {subject.name!r}: no {split} image besides the enrollment inputs to evaluate on")
+        evaluation = _NeutralFirst(Subset(ConditionedViews(data.base, data.frame_files, data.identity_files,
+                                                           str(views)), keep), number)
+        return FewShotSplit(identity=identity, inputs={k: v[None] for k, v in inputs.items()},
+                            evaluation=evaluation, input_cameras=cams)
+
     # -- loaders ----------------------------------------------------------------------------------
     def val_dataloader(self) -> DataLoader | list:
         return self._loader("val", shuffle=False) if "val" in self.datasets else []  # no val_subjects: none
+
+
+class _NeutralFirst(Dataset):
+    """Items with ``frame`` renumbered: the neutral frame ``neutral`` becomes 0, every other ``frame + 1``."""
+
+    def __init__(self, base: Dataset, neutral: int) -> None:
+        self.base, self.neutral = base, neutral
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        item = self.base[index]
+        frame = int(item["frame"])
+        return {**item, "frame": torch.tensor(0 if frame == self.neutral else frame + 1)}
 
 
 class _MapBuilder:

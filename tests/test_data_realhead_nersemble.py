@@ -158,6 +158,59 @@ def test_training_mixes_one_and_three_view_textures(exports):
     assert len(variants) == 2
 
 
+@pytest.mark.parametrize("views", [3, 1])
+def test_fewshot_enrolls_a_held_out_subject_from_its_neutral_frame(exports, views):
+    """NeRSemble as an enrollment subject (paper §IV-C1): the neutral frame's identity views in, every
+    other image of the subject held out with its own frame's maps, the neutral frame numbered 0."""
+    root, truths = exports
+    dm = make(root)
+    assert dm.split_identities() == {"train": [0, 1], "val": [2], "test": [3]}
+    split = dm.fewshot(views=views)
+    cams = [FRONTAL, 2, 14][:views]
+    assert split.identity == 3 and split.input_cameras == cams  # the first test subject, frontal first
+    inputs = split.inputs
+    dims = validate_batch(inputs, require_realhead=True)
+    assert (dims["B"], dims["V"]) == (1, views)
+    name, t = neutral(truths, "140")
+    truth = truths[name]
+    _, _, mouth = raster_and_mouth()
+    for v, cam in enumerate(cams):
+        stored = load_image(root / name / "images" / f"{t:05d}_{cam:02d}.png")[:3]
+        torch.testing.assert_close(inputs["image"][0, v], stored, atol=1e-6, rtol=0)
+        torch.testing.assert_close(inputs["world_to_cam"][0, v], truth.world_to_cam[cam], atol=1e-5, rtol=0)
+    identity = expected_projection(root / name, truth, t, cams, sobel=False) * (1 - mouth)
+    torch.testing.assert_close(inputs["uv_identity"][0], identity, **TOL)
+    mouth_map = expected_projection(root / name, truth, t, [FRONTAL], sobel=True) * mouth
+    torch.testing.assert_close(inputs["uv_mouth"][0], mouth_map, **TOL)
+    ev = split.evaluation
+    assert len(ev) == T * len(CAMERAS) - views  # every other (frame, camera) of the subject
+    seen = [(int(ev[i]["frame"]), int(ev[i]["identity"])) for i in range(len(ev))]
+    assert {i for _, i in seen} == {3}
+    assert sum(f == 0 for f, _ in seen) == len(CAMERAS) - views  # the neutral frame's other cameras
+    assert sorted({f for f, _ in seen if f}) == sorted(k + 1 for k in range(T) if k != t)
+    for i in range(len(ev)):
+        f = int(ev[i]["frame"])
+        k = t if f == 0 else f - 1
+        head = fixture_head()
+        offsets = expr_offset_map(head, head.uv_raster(R), truth.expr[k:k + 1, :head.n_expr], truth.pose[k:k + 1, 2])
+        torch.testing.assert_close(ev[i]["uv_expr_offset"], offsets[0], **TOL)
+
+
+def test_fewshot_refusals_name_the_field(exports):
+    root, _ = exports
+    dm = RealHeadNeRSembleDataModule(str(root), **SPLIT, downsample=1, n_shape=fixture_head().n_shape,
+                                     n_expr=fixture_head().n_expr, uv_size=R, head_model=str(fixture_flame_path()))
+    with pytest.raises(RuntimeError, match="setup"):
+        dm.fewshot()
+    dm.setup("fit")
+    with pytest.raises(ValueError, match="views"):
+        dm.fewshot(views=2)
+    with pytest.raises(ValueError, match="tracking_noise"):
+        dm.fewshot(tracking_noise={"expr": 0.1})
+    with pytest.raises(ValueError, match="'140': 3"):
+        dm.fewshot(identity=9)
+
+
 def test_side_cameras_are_the_nearest_to_the_yaw(tmp_path):
     """Five cameras at yaw -34°, -17°, 0°, 17°, 34° (camera 8 in the middle): ±40° picks the outer pair,
     ±15° the inner one; ``side_cameras`` overrides the choice."""

@@ -13,6 +13,7 @@ from avatar_lightning.lit.avatar_common import split_masks, view_angles
 from avatar_lightning.metrics.head_region import (
     HeadRegionMetrics,
     MeanScores,
+    SequenceTLPIPS,
     masked_psnr,
     masked_ssim,
     whole_frame_psnr,
@@ -111,6 +112,36 @@ def test_temporal_lpips(metrics: HeadRegionMetrics) -> None:
     expected = torch.cat([metrics.lpips(crops[t], crops[t - 1]) for t in range(1, 4)])
     torch.testing.assert_close(metrics.temporal_lpips(still, seq, mask), expected, atol=1e-5, rtol=1e-4)
     assert metrics.temporal_lpips(seq[:1], seq[:1], mask[:1]).numel() == 0
+
+
+def test_sequence_tlpips_streams_batches_as_one_sequence(metrics: HeadRegionMetrics) -> None:
+    g = torch.Generator().manual_seed(2)
+    target, pred = torch.rand(5, 3, 32, 32, generator=g), torch.rand(5, 3, 32, 32, generator=g)
+    mask = torch.ones(5, 1, 32, 32)
+    whole = metrics.temporal_lpips(pred, target, mask)
+    stream = SequenceTLPIPS(metrics)
+    for part in (slice(0, 2), slice(2, 3), slice(3, 5)):  # batches of 2, 1, 2 frames: pairs span batches
+        n = part.stop - part.start
+        stream.update(pred[part, None], target[part, None], mask[part, None], torch.arange(5)[part] + 10,
+                      torch.zeros(n, dtype=torch.long))
+    out = stream.compute()
+    assert out["pairs"] == 4 and out["tlpips"] == pytest.approx(float(whole.double().mean()), abs=1e-6)
+
+
+@pytest.mark.parametrize("case", ["views", "order", "identity", "single"])
+def test_sequence_tlpips_refuses_what_is_not_a_sequence(metrics: HeadRegionMetrics, case: str) -> None:
+    img, mask = torch.rand(3, 2, 3, 16, 16), torch.ones(3, 2, 1, 16, 16)
+    frames, ids = torch.tensor([0, 1, 2]), torch.zeros(3, dtype=torch.long)
+    stream = SequenceTLPIPS(metrics)
+    if case == "views":  # several cameras per sample: independent images, no time axis
+        stream.update(img, img, mask, frames, ids)
+    elif case == "order":
+        stream.update(img[:, :1], img[:, :1], mask[:, :1], torch.tensor([0, 2, 1]), ids)
+    elif case == "identity":
+        stream.update(img[:, :1], img[:, :1], mask[:, :1], frames, torch.tensor([0, 0, 1]))
+    else:
+        stream.update(img[:1, :1], img[:1, :1], mask[:1, :1], frames[:1], ids[:1])
+    assert stream.compute() is None
 
 
 def test_shapes_are_checked(metrics: HeadRegionMetrics) -> None:

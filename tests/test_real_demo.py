@@ -104,16 +104,22 @@ def test_real_demo_end_to_end_shrunk(tmp_path, capsys):
             "--data.init_args.test_identities=1", "--data.init_args.texture_size=64"]
     prior = train_prior("experiments/demo_prior.yaml", ["--trainer.max_steps=2", "--model.init_args.lpips_weight=0",
                                                         *data], tmp_path / "prior")
+    tiny_rh = ["--model.init_args.levels=3", "--model.init_args.c_base=256", "--model.init_args.c_max=32",
+               "--model.init_args.style_dim=32", "--model.init_args.adv_weight=0", "--model.init_args.lpips_weight=0"]
+    realhead = train_prior("experiments/demo_realhead_prior.yaml", ["--trainer.max_steps=2", *tiny_rh, *data],
+                           tmp_path / "prior", name="realhead_prior")
     out = tmp_path / "demo"
-    rc = main(["--out", str(out), "--prior", str(prior), "--size", "48", "--frames", "6", "--inputs", "3",
-               "--cap-steps-per-frame", "2", "--turntable-frames", "4",
-               "--fit-arg=--model.init_args.stage1_steps_per_frame=1"])
+    rc = main(["--out", str(out), "--prior", str(prior), "--realhead-prior", str(realhead), "--size", "48",
+               "--frames", "6", "--inputs", "3", "--cap-steps-per-frame", "2", "--turntable-frames", "4",
+               "--fit-arg=--model.init_args.stage1_steps_per_frame=1",
+               "--enroll-arg=--model.init_args.phase1_steps_per_frame=1"])
     assert rc == 0, capsys.readouterr().err
     for name in ("table.md", "results.json", "carphone_reenactment.mp4", "astronaut_driven.mp4",
-                 "real_reenactment.png", "real_astronaut.png", "tracked/carphone/transforms.json",
+                 "astronaut_driven_realhead.mp4", "real_reenactment.png", "real_astronaut.png",
+                 "real_astronaut_realhead.png", "tracked/carphone/transforms.json",
                  "tracked/astronaut/overlays/00000.png", "inputs/astronaut.png"):
         assert (out / name).is_file(), name
-    for subject in ("carphone", "astronaut"):
+    for subject in ("carphone", "astronaut", "carphone_realhead", "astronaut_realhead"):
         for name in ("avatar.ckpt", "avatar.ply", "turntable.mp4", "expressions.mp4", "metrics.json"):
             assert (out / subject / name).is_file(), (subject, name)
     results = json.loads((out / "results.json").read_text())
@@ -121,20 +127,31 @@ def test_real_demo_end_to_end_shrunk(tmp_path, capsys):
     fits = {f["subject"].split()[0]: f for f in results["fits"]}
     assert fits["carphone"]["input_frames"] == 3 and fits["astronaut"]["input_frames"] == 1
     assert fits["carphone"]["steps"] == 6 and fits["carphone"]["capped"], "2 steps x 3 frames: the cap ends it"
+    enrolled = {f["subject"]: f for f in results["fits"] if "3DRealHead" in f["subject"]}
+    assert sorted(f["input_frames"] for f in enrolled.values()) == [1, 3]
     reenact = results["self_reenactment"]
     assert reenact["input_frames"] == 3 and reenact["held_out_frames"] == 3
-    assert set(reenact["scores"]) == {"prior", "stage1", "stage2"}
+    assert set(reenact["scores"]) == {"prior", "stage1", "stage2", "realhead_eid", "realhead"}
     for stage, scores in reenact["scores"].items():
         for key in ("psnr", "ssim", "lpips", "id"):
             assert math.isfinite(scores[key]["mean"]) and scores[key]["n"] == 3, (stage, key)
+        assert scores["tlpips"]["n"] == 2  # 3 consecutive held-out frames: 2 pairs
+    # the enrolled 3DRealHead avatar's scores are its exported held-out scores (one metric definition)
+    exported_rh = json.loads((out / "carphone_realhead" / "metrics.json").read_text())
+    assert reenact["scores"]["realhead"]["psnr"]["mean"] == pytest.approx(exported_rh["novel_expression"]["psnr"],
+                                                                         abs=1e-4)
+    assert exported_rh["sequence"]["tlpips"] == pytest.approx(reenact["scores"]["realhead"]["tlpips"]["mean"],
+                                                              abs=1e-5)
     # the demo's stage-2 scores are the exported avatar's own held-out scores (one metric definition)
     exported = json.loads((out / "carphone" / "metrics.json").read_text())["novel_expression"]
     for key in ("psnr", "ssim", "lpips", "id"):
         assert reenact["scores"]["stage2"][key]["mean"] == pytest.approx(exported[key], abs=1e-4)
     assert read_video(out / "carphone_reenactment.mp4").shape[0] == 3
     assert read_video(out / "astronaut_driven.mp4").shape[0] == 3
+    assert read_video(out / "astronaut_driven_realhead.mp4").shape[0] == 3
     table = (out / "table.md").read_text()
     assert "after stage 2" in table and "budget" in table and "**yes**" in table
+    assert "3DRealHead after enrollment" in table and "own mouth region" in table
 
 
 def test_driving_with_the_own_sequence_reproduces_its_cameras():

@@ -46,6 +46,18 @@ def test_sobel_of_a_vertical_edge_is_horizontal_gradient_only():
     assert torch.all(out[0, 0, :, :6] == 0) and torch.all(out[0, 0, :, 10:] == 0)  # only at the edge
 
 
+def test_sobel_of_a_flat_frame_is_zero_not_noise_blown_up_to_full_scale():
+    # the old +1e-12 under the root made |g| of a flat frame 1e-6 everywhere, normalised to 1.0
+    flat = torch.full((1, 3, 12, 12), 0.5)
+    assert sobel_features(flat).abs().max() == 0
+    g = torch.Generator().manual_seed(0)
+    noise = 0.5 + 1e-4 * torch.rand(1, 3, 12, 12, generator=g)  # far below one 8-bit grey level
+    assert sobel_features(noise).abs().max() < 0.1  # (the old code: 1.0)
+    step = torch.zeros(1, 3, 12, 12)
+    step[..., 6:] = 2.0 / 255  # two grey levels: a real (faint) edge still normalises to full scale
+    assert sobel_features(step)[0, 0].max() == pytest.approx(1.0)
+
+
 def test_pca3_is_deterministic_and_scale_invariant():
     torch.manual_seed(1)
     f = torch.randn(2, 9, 6, 5)

@@ -31,6 +31,7 @@ from avatar_lightning.io import atomic_path, save_image
 from avatar_lightning.lit.base import AvatarModule, Batch, Outputs
 from avatar_lightning.lit.render_step import head_centre, pose_gaussians, render_batch
 from avatar_lightning.lit.stopping import input_frames, stop_reason
+from avatar_lightning.metrics.head_region import SequenceTLPIPS, shared_head_metrics
 from avatar_lightning.render import Gaussians, RenderOutput, orbit_cameras, save_ply
 from avatar_lightning.viz import error_map
 
@@ -142,12 +143,26 @@ class FewShotAvatar(AvatarModule):
 
     @torch.no_grad()
     def evaluate(self, batches: Iterable[Batch]) -> dict[str, dict[str, float]]:
-        """Scores over held-out batches (moved to the module's device)."""
+        """Scores over held-out batches (moved to the module's device).
+
+        When the held-out samples are a monocular sequence in time order (one view each, frame numbers
+        increasing; INSTA's and the tracker's test frames), the group ``sequence`` adds t-LPIPS over
+        consecutive frames (:class:`~avatar_lightning.metrics.head_region.SequenceTLPIPS`).
+        """
         self.compute_scores(reset=True)
+        temporal = None
         for batch in batches:
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            self.update_scores(batch, self(batch))
-        return self.compute_scores()
+            outputs = self(batch)
+            self.update_scores(batch, outputs)
+            if temporal is None:
+                temporal = SequenceTLPIPS(shared_head_metrics(self.device))
+            temporal.update(outputs.render.rgb, batch["image"], batch["mask"], batch["frame"], batch["identity"])
+        scores = self.compute_scores()
+        sequence = temporal.compute() if temporal is not None else None
+        if sequence is not None:
+            scores["sequence"] = sequence
+        return scores
 
     # --------------------------------------------------------------------------- the fit
     @property

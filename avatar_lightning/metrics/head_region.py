@@ -170,6 +170,65 @@ class HeadRegionMetrics(nn.Module):
         return (self.lpips(pc, pp) - self.lpips(tc, tp)).abs()
 
 
+class SequenceTLPIPS:
+    """t-LPIPS (:meth:`HeadRegionMetrics.temporal_lpips`) over a sequence served in batches, streaming.
+
+    Frames arrive in time order, one image per sample (V = 1); a pair counts when the later frame
+    has the same identity and a larger frame number than the one before it (consecutive *held-out*
+    frames; a gap left by input frames still pairs its neighbours). Anything else (several views
+    per sample, frames out of order, another identity) ends the sequence: :meth:`compute` then says
+    there is none, because t-LPIPS of independent images measures nothing temporal.
+
+    Args:
+        metrics: the shared :class:`HeadRegionMetrics` (its LPIPS network).
+    """
+
+    def __init__(self, metrics: HeadRegionMetrics) -> None:
+        self.metrics = metrics
+        self.values: list[Tensor] = []
+        self.last: tuple[Tensor, Tensor, Tensor, int, int] | None = None
+        self.valid = True
+
+    @torch.no_grad()
+    def update(self, pred: Tensor, target: Tensor, mask: Tensor, frame: Tensor, identity: Tensor) -> None:
+        """Add a batch of consecutive frames.
+
+        Args:
+            pred: ``[B, V, 3, H, W]`` renders (only V = 1 is a sequence).
+            target: ``[B, V, 3, H, W]`` ground truth.
+            mask: ``[B, V, 1, H, W]`` target head masks.
+            frame: ``[B]`` frame numbers.
+            identity: ``[B]`` subject of each frame.
+        """
+        if not self.valid:
+            return
+        if pred.shape[1] != 1:
+            self.valid = False
+            return
+        p, t, m = pred[:, 0].clamp(0, 1), target[:, 0], mask[:, 0]
+        frames, ids = frame.reshape(-1).tolist(), identity.reshape(-1).tolist()
+        if self.last is not None:
+            lp, lt, lm, lf, li = self.last
+            p, t, m = torch.cat([lp, p]), torch.cat([lt, t]), torch.cat([lm, m])
+            frames, ids = [lf, *frames], [li, *ids]
+        if any(b <= a or j != i for a, b, i, j in zip(frames[:-1], frames[1:], ids[:-1], ids[1:], strict=True)):
+            self.valid = False
+            return
+        if p.shape[0] >= 2:
+            self.values.append(self.metrics.temporal_lpips(p, t, m).double().cpu())
+        self.last = (p[-1:], t[-1:], m[-1:], frames[-1], ids[-1])
+
+    def compute(self) -> dict[str, float] | None:
+        """``{"tlpips": mean over pairs, "pairs": count}``, or None (no sequence, or under two frames)."""
+        if not self.valid or not self.values:
+            return None
+        values = torch.cat(self.values)
+        ok = values[torch.isfinite(values)]
+        if ok.numel() == 0:
+            return None
+        return {"tlpips": float(ok.mean()), "pairs": int(ok.numel())}
+
+
 class MeanScores(Metric):
     """Mean of per-image scores (psnr, ssim, lpips, id, psnr_full) over everything it was updated with.
 

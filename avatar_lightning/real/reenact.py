@@ -4,7 +4,7 @@ demo's tables and figures.
 Every score is the project's head-region definition (:mod:`avatar_lightning.metrics.head_region`,
 through the module's own ``compute_metrics``): prediction and target composited with the *target's*
 mask — here the tracker's mask of the real frame — then PSNR / SSIM / LPIPS (AlexNet) / ID (SFace)
-per frame, averaged over frames.
+per frame, averaged over frames; t-LPIPS (TecoGAN's tLP) over consecutive held-out frames.
 """
 
 from __future__ import annotations
@@ -18,11 +18,16 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from avatar_lightning.lit.avatar_common import FewShotAvatar
+from avatar_lightning.metrics.head_region import shared_head_metrics
 from avatar_lightning.viz import make_grid
 
-SCORES = ("psnr", "ssim", "lpips", "id", "psnr_full")
-LABELS = {"psnr": "PSNR ↑ (dB)", "ssim": "SSIM ↑", "lpips": "LPIPS ↓", "id": "ID ↑", "psnr_full": "PSNR whole frame"}
-DIGITS = {"psnr": 2, "ssim": 3, "lpips": 3, "id": 3, "psnr_full": 2}
+SCORES = ("psnr", "ssim", "lpips", "id", "tlpips", "psnr_full")
+LABELS = {"psnr": "PSNR ↑ (dB)", "ssim": "SSIM ↑", "lpips": "LPIPS ↓", "id": "ID ↑", "tlpips": "t-LPIPS ↓",
+          "psnr_full": "PSNR whole frame"}
+DIGITS = {"psnr": 2, "ssim": 3, "lpips": 3, "id": 3, "tlpips": 4, "psnr_full": 2}
+#: per-frame inputs of the avatar that come from the driving frame (SynShot's expression map; 3DRealHead's
+#: expression offsets and mouth features)
+DRIVEN_MAPS = ("uv_expression", "uv_expr_offset", "uv_mouth")
 
 
 @dataclass
@@ -31,7 +36,8 @@ class FrameScores:
 
     Attributes:
         frames: the N frame numbers.
-        scores: ``{score: Tensor [N]}`` (NaN where a frame's mask is empty).
+        scores: ``{score: Tensor [N]}`` (NaN where a frame's mask is empty); ``tlpips`` is ``[N − 1]``,
+            one value per consecutive pair.
         renders: Tensor  # [N, 3, H, W] in [0, 1]
         targets: Tensor  # [N, 3, H, W] the real frames (composited on the data's background)
     """
@@ -54,7 +60,8 @@ class FrameScores:
 
 @torch.no_grad()
 def score_frames(model: FewShotAvatar, frames: Dataset, batch_size: int = 4) -> FrameScores:
-    """Render every held-out frame (its own expression, pose and camera) and score it.
+    """Render every held-out frame (its own expression, pose and camera) and score it; t-LPIPS over
+    consecutive frames (the frames are a sequence in time order).
 
     Args:
         model: a fitted (or rebuilt) avatar in eval mode.
@@ -66,7 +73,7 @@ def score_frames(model: FewShotAvatar, frames: Dataset, batch_size: int = 4) -> 
     """
     if len(frames) == 0:  # type: ignore[arg-type]
         raise ValueError("score_frames: no held-out frames to score")
-    numbers, renders, targets, scores = [], [], [], {k: [] for k in SCORES}
+    numbers, renders, targets, masks, scores = [], [], [], [], {k: [] for k in SCORES}
     for batch in DataLoader(frames, batch_size=batch_size):
         batch = {k: v.to(model.device) for k, v in batch.items()}
         outputs = model(batch)
@@ -75,25 +82,29 @@ def score_frames(model: FewShotAvatar, frames: Dataset, batch_size: int = 4) -> 
                 scores[key].append(value.cpu())
         renders.append(outputs.render.rgb.flatten(0, 1).clamp(0, 1).cpu())
         targets.append(batch["image"].flatten(0, 1).cpu())
+        masks.append(batch["mask"].flatten(0, 1).cpu())
         numbers += batch["frame"].repeat_interleave(batch["image"].shape[1]).tolist()
-    return FrameScores(numbers, {k: torch.cat(v) for k, v in scores.items() if v}, torch.cat(renders),
-                       torch.cat(targets))
+    renders, targets = torch.cat(renders), torch.cat(targets)
+    scores["tlpips"] = [shared_head_metrics("cpu").temporal_lpips(renders, targets, torch.cat(masks)).cpu()]
+    return FrameScores(numbers, {k: torch.cat(v) for k, v in scores.items() if v}, renders, targets)
 
 
 def driving_samples(inputs: Mapping[str, Tensor], driver_reference: Tensor, frames: Iterable[Mapping[str, Tensor]]
                     ) -> list[dict[str, Tensor]]:
     """The avatar's input sample re-posed by another subject's tracked frames.
 
-    Expression, jaw and eye pose (and the expression map ``uv_expression``) are the driver's, taken
-    as coefficients of the same head model; the head's rigid motion is the driver's *relative* to its
-    reference frame, applied in the head frame: ``W'_t = W_avatar · W_ref⁻¹ · W_t`` (INSTA and the
-    tracker keep the head pose in the camera). The avatar is seen by its own (first input) camera.
+    Expression, jaw and eye pose (and the per-frame maps of :data:`DRIVEN_MAPS` the avatar reads:
+    SynShot's ``uv_expression``, 3DRealHead's ``uv_expr_offset`` and the driving frame's ``uv_mouth``)
+    are the driver's, taken as coefficients of the same head model; the head's rigid motion is the
+    driver's *relative* to its reference frame, applied in the head frame:
+    ``W'_t = W_avatar · W_ref⁻¹ · W_t`` (INSTA and the tracker keep the head pose in the camera). The
+    avatar is seen by its own (first input) camera.
 
     Args:
         inputs: the avatar's few-shot input batch (B = 1, V views).
         driver_reference: Tensor  # [4, 4] the driver's world-to-camera in its reference frame.
         frames: the driver's samples (no batch dim, V = 1): ``expr``, ``pose``, ``world_to_cam``,
-            ``uv_expression``.
+            and the :data:`DRIVEN_MAPS` the avatar reads.
 
     Returns:
         One B = 1, V = 1 sample per driver frame.
@@ -106,8 +117,9 @@ def driving_samples(inputs: Mapping[str, Tensor], driver_reference: Tensor, fram
         motion = ref_inv @ f["world_to_cam"][0].double()
         sample = {**base, "expr": f["expr"][None].to(own), "pose": f["pose"][None].to(own),
                   "world_to_cam": (own.double() @ motion).to(own)[None, None]}
-        if "uv_expression" in base:
-            sample["uv_expression"] = f["uv_expression"][None].to(own)
+        for key in DRIVEN_MAPS:
+            if key in base:
+                sample[key] = f[key][None].to(own)
         out.append(sample)
     return out
 

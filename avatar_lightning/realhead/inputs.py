@@ -45,8 +45,14 @@ def grey(image: Tensor) -> Tensor:
     return (image * w).sum(1, keepdim=True)
 
 
+#: Smallest gradient that normalises to full scale: one 8-bit grey level (a Sobel response of a
+#: step of 1/255). A frame whose largest gradient is below it (flat, or only rounding noise) keeps
+#: its tiny values instead of having them blown up to ±1.
+MIN_GRADIENT = 1.0 / 255.0
+
+
 def _max_normalise(x: Tensor, eps: float = 1e-8) -> Tensor:
-    """Divide each (sample, channel) by its max |value| over the frame: ``[B, C, H, W]``."""
+    """Divide each (sample, channel) by its max |value| over the frame, at least ``eps``: ``[B, C, H, W]``."""
     return x / x.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(eps)
 
 
@@ -59,14 +65,15 @@ def sobel_features(image: Tensor) -> Tensor:
         image: Tensor  # [B, 3, H, W] RGB in [0, 1].
 
     Returns:
-        Tensor  # [B, 3, H, W] (gx, gy in [-1, 1], |g| in [0, 1]).
+        Tensor  # [B, 3, H, W] (gx, gy in [-1, 1], |g| in [0, 1]); a channel whose largest response is
+        below :data:`MIN_GRADIENT` is divided by that instead (a flat frame gives zeros).
     """
     kernel = get_spatial_gradient_kernel2d("sobel", 1, device=image.device, dtype=image.dtype)  # [2, 3, 3]
     g = grey(image)
     gx = filter2d(g, kernel[0:1], border_type="reflect")
     gy = filter2d(g, kernel[1:2], border_type="reflect")
-    mag = torch.sqrt(gx**2 + gy**2 + 1e-12)
-    return _max_normalise(torch.cat([gx, gy, mag], 1))
+    mag = torch.hypot(gx, gy)  # exact 0 on a flat frame (no +eps under the root to blow up)
+    return _max_normalise(torch.cat([gx, gy, mag], 1), eps=MIN_GRADIENT)
 
 
 def pca3(features: Tensor) -> Tensor:
