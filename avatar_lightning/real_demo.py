@@ -55,7 +55,6 @@ from lightning.pytorch.cli import instantiate_class
 from avatar_lightning.export import write_video
 from avatar_lightning.io import save_image, write_bytes, write_json
 from avatar_lightning.real.enroll import (
-    EnrollSettings,
     RealHeadChoice,
     enroll,
     realhead_source,
@@ -290,9 +289,9 @@ def run(args: argparse.Namespace) -> str:
     t = lap("score_carphone", t)
     fits = [car]
     if realhead is not None:
-        rh_settings = EnrollSettings(config=args.enroll_config, cap_steps_per_frame=args.cap_steps_per_frame,
-                                     max_steps=args.max_steps, turntable_frames=args.turntable_frames, seed=args.seed,
-                                     extra=tuple(args.enroll_arg))
+        rh_settings = FitSettings(config=args.enroll_config, cap_steps_per_frame=args.cap_steps_per_frame,
+                                  max_steps=args.max_steps, turntable_frames=args.turntable_frames, seed=args.seed,
+                                  extra=tuple(args.enroll_arg))
         car_rh = enroll("carphone, 3DRealHead (self-reenactment)", realhead, sources["carphone_realhead"],
                         min(args.inputs, 3), out / "carphone_realhead", rh_settings)
         rh_eval = car_rh.split.evaluation

@@ -258,6 +258,33 @@ class INSTADataModule(RealHeadDataModule):
         ids = list(range(len(self.hparams.roots)))
         return {"train": ids, "val": ids, "test": ids}
 
+    def fewshot_positions(self, identity: int | None, inputs: int | list[int] | None
+                          ) -> tuple[int, INSTASequence, list[int], list[int]]:
+        """The few-shot subject's (identity, sequence, input positions, held-out positions).
+
+        Args:
+            identity: actor index (position in ``roots``); None: the first.
+            inputs: K (the first K frames) or explicit positions; None: ``fewshot_inputs``.
+
+        Raises:
+            RuntimeError: before ``setup``.
+            ValueError: ``identity`` out of range, or frames that do not fit the sequence
+                (:func:`~data_modules.real_fewshot.fewshot_frames`).
+        """
+        hp = self.hparams
+        name = type(self).__name__
+        if not self.sequences or self.image_size is None:
+            raise RuntimeError(f"{name}.fewshot: call setup() first")
+        identity = 0 if identity is None else int(identity)
+        if not 0 <= identity < len(self.sequences):
+            raise ValueError(f"{name}.fewshot: identity {identity} is not one of the {len(self.sequences)} "
+                             f"actor(s) in roots")
+        seq = self.sequences[identity]
+        n_eval = hp.n_test if hp.fewshot_eval is None else hp.fewshot_eval
+        picks, held = fewshot_frames(len(seq.views), hp.fewshot_inputs if inputs is None else inputs, n_eval,
+                                     str(seq.root))
+        return identity, seq, picks, held
+
     def fewshot(self, identity: int | None = None, tracking_noise: TrackingNoise | dict | None = None,
                 inputs: int | list[int] | None = None) -> FewShotSplit:
         """One actor as an inversion subject: K input frames, the held-out frames to score.
@@ -283,16 +310,7 @@ class INSTADataModule(RealHeadDataModule):
                 (:func:`~data_modules.real_fewshot.fewshot_frames`).
         """
         hp = self.hparams
-        if not self.sequences or self.image_size is None:
-            raise RuntimeError("INSTADataModule.fewshot: call setup() first")
-        identity = 0 if identity is None else int(identity)
-        if not 0 <= identity < len(self.sequences):
-            raise ValueError(f"INSTADataModule.fewshot: identity {identity} is not one of the {len(self.sequences)} "
-                             f"actor(s) in roots")
-        seq = self.sequences[identity]
-        n_eval = hp.n_test if hp.fewshot_eval is None else hp.fewshot_eval
-        picks, held = fewshot_frames(len(seq.views), hp.fewshot_inputs if inputs is None else inputs, n_eval,
-                                     str(seq.root))
+        identity, seq, picks, held = self.fewshot_positions(identity, inputs)
         noise = TrackingNoise.parse(tracking_noise)
         maps = None
         if hp.uv_size > 0:

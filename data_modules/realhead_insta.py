@@ -49,7 +49,7 @@ from avatar_lightning.realhead.inputs import (
 )
 from data_modules.insta import INSTADataModule, seq_samples
 from data_modules.real_common import FlameParams, RealHeadDataset, Sample
-from data_modules.real_fewshot import fewshot_frames, input_sample
+from data_modules.real_fewshot import input_sample
 from data_modules.realhead import ENROLL_VIEWS
 
 
@@ -201,16 +201,7 @@ class RealHeadINSTADataModule(INSTADataModule):
             if views not in ENROLL_VIEWS:
                 raise ValueError(f"RealHeadINSTADataModule.fewshot: views must be one of {ENROLL_VIEWS}, got {views}")
             inputs = int(views)
-        if not self.sequences or self.image_size is None:
-            raise RuntimeError("RealHeadINSTADataModule.fewshot: call setup() first")
-        identity = 0 if identity is None else int(identity)
-        if not 0 <= identity < len(self.sequences):
-            raise ValueError(f"RealHeadINSTADataModule.fewshot: identity {identity} is not one of the "
-                             f"{len(self.sequences)} actor(s) in roots")
-        seq = self.sequences[identity]
-        n_eval = hp.n_test if hp.fewshot_eval is None else hp.fewshot_eval
-        picks, held = fewshot_frames(len(seq.views), hp.fewshot_inputs if inputs is None else inputs, n_eval,
-                                     str(seq.root))
+        identity, seq, picks, held = self.fewshot_positions(identity, inputs)
         bg = torch.tensor(hp.background, dtype=torch.float32)
         samples = seq_samples(seq, picks, identity)
         batch = {k: v[0] for k, v in input_sample(samples, hp.downsample, bg, self.image_size, None).items()}

@@ -10,19 +10,15 @@ ended by the config's EMA early stopping under a step cap that is recorded when 
 
 from __future__ import annotations
 
-import json
-import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from avatar_lightning.cli import AvatarCLI
 from avatar_lightning.lit.checkpoint import find_prior_checkpoint
 from avatar_lightning.lit.realhead_enroll import RealHeadEnrollment
-from avatar_lightning.real.fit import Inversion
+from avatar_lightning.real.fit import FitSettings, Inversion, fit_subject
 from avatar_lightning.real.prior import PriorChoice
 from avatar_lightning.realhead.enrollment import prior_hyper_parameters, read_prior_checkpoint
 
@@ -110,52 +106,18 @@ def realhead_source(folder: Path, frames: int, inputs: int, prior: RealHeadChoic
                           "n_shape": int(hp["n_shape"]), "n_expr": int(hp["n_expr"]), "uv_size": prior.uv_size}}
 
 
-@dataclass
-class EnrollSettings:
-    """How each enrollment runs (``experiments/enroll.yaml`` plus these overrides).
-
-    Attributes:
-        config: the enrollment config.
-        cap_steps_per_frame: the EMA callback's step budget per input image (a cap; recorded when hit).
-        max_steps: ``trainer.max_steps`` (also a cap).
-        turntable_frames: frames of the exported turntable video.
-        seed: ``seed_everything``.
-        extra: more CLI arguments (e.g. shrunk settings in tests).
-    """
-
-    config: str = "experiments/enroll.yaml"
-    cap_steps_per_frame: int = 400
-    max_steps: int = 2000
-    turntable_frames: int = 36
-    seed: int = 0
-    extra: tuple[str, ...] = ()
-
-
 def enroll(name: str, prior: RealHeadChoice, source: dict[str, Any], views: int, out: Path,
-           settings: EnrollSettings) -> Inversion:
-    """Run ``lightning fit -c <settings.config>`` on ``source``'s subject with ``views`` input frames (1 or
-    3); the avatar goes to ``out``. Returns the fit as an :class:`~avatar_lightning.real.fit.Inversion`
-    record (its ``model`` is the :class:`RealHeadEnrollment`).
+           settings: FitSettings) -> Inversion:
+    """Enroll the 3DRealHead prior on ``source``'s subject from ``views`` input frames (1 or 3):
+    :func:`~avatar_lightning.real.fit.fit_subject` with ``settings.config`` = ``experiments/enroll.yaml``.
+    Returns the fit as an :class:`~avatar_lightning.real.fit.Inversion` record (its ``model`` is the
+    :class:`RealHeadEnrollment`; ``stage1_steps`` holds the phase-1 steps).
 
     Raises:
         FileNotFoundError / ValueError: from the data (a tracked folder's missing file, named), the prior,
             or a first input frame that is not frontal (named by the enrollment).
     """
-    args = ["fit", "-c", settings.config, f"--model.init_args.prior_checkpoint={prior.path}",
-            f"--data.init_args.prior_checkpoint={prior.path}", f"--data.init_args.source={json.dumps(source)}",
-            f"--data.init_args.views={views}", f"--seed_everything={settings.seed}",
-            f"--trainer.max_steps={settings.max_steps}",
-            f"--trainer.callbacks.init_args.max_steps_per_frame={settings.cap_steps_per_frame}",
-            f"--trainer.default_root_dir={out / 'run'}", f"--model.init_args.output_dir={out}",
-            f"--model.init_args.turntable_frames={settings.turntable_frames}",
-            "--model.init_args.expression_steps=1", "--trainer.enable_progress_bar=false", *settings.extra]
-    start = time.perf_counter()
-    with warnings.catch_warnings():  # the demo's own command line is not the fit's: nothing is mixed up
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-        cli = AvatarCLI(args=args)
-    seconds = time.perf_counter() - start
-    metrics = json.loads((out / "metrics.json").read_text())
-    return Inversion(name, cli.model.eval(), cli.datamodule.split, out, metrics, seconds)
+    return fit_subject(name, prior.path, source, out, settings, (f"--data.init_args.views={views}",))
 
 
 @torch.no_grad()

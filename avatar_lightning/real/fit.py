@@ -79,7 +79,7 @@ class Inversion:
         """The fit's row of ``results.json``."""
         m = self.metrics
         return {"subject": self.name, "input_frames": m.get("n_input_frames"), "steps": m.get("steps"),
-                "stage1_steps": m.get("stage1_steps"), "stop_kind": self.stop_kind,
+                "stage1_steps": m.get("stage1_steps", m.get("phase1_steps")), "stop_kind": self.stop_kind,
                 "stop_reason": m.get("stop_reason", ""), "capped": self.capped, "seconds": round(self.seconds, 1),
                 "output": str(self.out)}
 
@@ -95,19 +95,21 @@ def insta_source(folder: Path, frames: int, inputs: int, prior: PriorChoice) -> 
                           "n_shape": prior.n_shape, "n_expr": prior.n_expr, "uv_size": prior.map_resolution}}
 
 
-def invert(name: str, prior: PriorChoice, source: dict[str, Any], out: Path, settings: FitSettings) -> Inversion:
-    """Run ``lightning fit -c <settings.config>`` on ``source``'s subject; the avatar goes to ``out``.
+def fit_subject(name: str, prior_path: Path, source: dict[str, Any], out: Path, settings: FitSettings,
+                extra: tuple[str, ...] = ()) -> Inversion:
+    """Run ``lightning fit -c <settings.config>`` (an inversion or an enrollment config) of the prior at
+    ``prior_path`` on ``source``'s subject, with the demo's caps and outputs; the avatar goes to ``out``.
 
     Raises:
         FileNotFoundError / ValueError: from the data (a tracked folder's missing file, named) or the prior.
     """
-    args = ["fit", "-c", settings.config, f"--model.init_args.prior_checkpoint={prior.path}",
-            f"--data.init_args.prior_checkpoint={prior.path}", f"--data.init_args.source={json.dumps(source)}",
+    args = ["fit", "-c", settings.config, f"--model.init_args.prior_checkpoint={prior_path}",
+            f"--data.init_args.prior_checkpoint={prior_path}", f"--data.init_args.source={json.dumps(source)}",
             f"--seed_everything={settings.seed}", f"--trainer.max_steps={settings.max_steps}",
             f"--trainer.callbacks.init_args.max_steps_per_frame={settings.cap_steps_per_frame}",
             f"--trainer.default_root_dir={out / 'run'}", f"--model.init_args.output_dir={out}",
             f"--model.init_args.turntable_frames={settings.turntable_frames}",
-            "--model.init_args.expression_steps=1", "--trainer.enable_progress_bar=false", *settings.extra]
+            "--model.init_args.expression_steps=1", "--trainer.enable_progress_bar=false", *extra, *settings.extra]
     start = time.perf_counter()
     with warnings.catch_warnings():  # the demo's own command line is not the fit's: nothing is mixed up
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
@@ -115,6 +117,12 @@ def invert(name: str, prior: PriorChoice, source: dict[str, Any], out: Path, set
     seconds = time.perf_counter() - start
     metrics = json.loads((out / "metrics.json").read_text())
     return Inversion(name, cli.model.eval(), cli.datamodule.split, out, metrics, seconds)
+
+
+def invert(name: str, prior: PriorChoice, source: dict[str, Any], out: Path, settings: FitSettings) -> Inversion:
+    """Invert the SynShot prior on ``source``'s subject (:func:`fit_subject` with ``settings.config``,
+    ``experiments/invert.yaml``)."""
+    return fit_subject(name, prior.path, source, out, settings)
 
 
 def stage_models(fitted: SynShotInversion, prior: PriorChoice) -> dict[str, SynShotInversion]:
