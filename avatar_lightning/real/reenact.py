@@ -166,7 +166,8 @@ def scores_table(rows: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
 
 def fits_table(records: Iterable[Mapping]) -> str:
     """Markdown table of the fits: input frames, steps, why each stopped, whether a cap ended it, wall time."""
-    lines = ["| fit | input frames | steps (stage 1 / phase 1) | stop | cap hit | wall (s) |", "|---|---|---|---|---|---|"]
+    lines = ["| fit | input frames | steps (stage 1 / phase 1) | stop | cap hit | wall (s) |",
+             "|---|---|---|---|---|---|"]
     for r in records:
         lines.append(f"| {r['subject']} | {r['input_frames']} | {r['steps']} ({r['stage1_steps']}) | "
                      f"{r['stop_kind']}: {r['stop_reason']} | {'**yes**' if r['capped'] else 'no'} | "
