@@ -39,7 +39,7 @@ PRIOR_STEPS, AVATAR_STEPS = 2, 4  # the inversion: 3 stage-1 steps (one per inpu
 FROZEN_IN_INVERSION = ("net.enc_expr.", "net.quant_", "net.transformer_")
 #: shrunk fits whose configs differ from a default-run one only by values (F = 32 / 64, paper scale
 #: before the ablation switch); slow-marked to keep `make test` short
-SLOW = {"ablations/f32.yaml", "ablations/f64.yaml", "demo_prior.yaml"}
+SLOW = {"ablations/f32.yaml", "ablations/f64.yaml", "demo_prior.yaml", "demo_prior_shipped.yaml"}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -216,6 +216,30 @@ def test_prior_then_invert_through_the_cli_inverts_an_identity_the_prior_never_s
                               f"--data.init_args.identity={splits['train'][0]}"], run=False)
     with pytest.raises(ValueError, match="is one the prior trained on"):
         trained.datamodule.setup("fit")
+
+
+def test_stage_study_rebuilds_each_stage_and_scores_the_fits_own_held_out_images(shrunk_prior, tmp_path: Path,
+                                                                               capsys) -> None:
+    """python -m avatar_lightning.demo.stages (issue 13: does stage 2 over-fit?) on a shrunk inversion."""
+    from avatar_lightning.demo.stages import STAGES, main, study_fit
+
+    prior = shrunk_prior[2]
+    fit_dir = tmp_path / "run" / "inversion" / "7"
+    args = [*shrunk_avatar_args(EXPERIMENTS / "invert.yaml", tmp_path, prior),
+            f"--model.init_args.output_dir={fit_dir}"]
+    cli, recorder = _run(["fit", *args])
+    assert int(cli.model.stage) == 2  # 3 stage-1 steps, then stage 2
+    study = study_fit(fit_dir)
+    assert set(study) == set(STAGES)
+    own = json.loads((fit_dir / "metrics.json").read_text())
+    for split, scores in study["stage2"].items():  # the fitted avatar scores what its own metrics.json says
+        for key in ("psnr", "ssim", "lpips"):
+            assert scores[key] == pytest.approx(own[split][key], abs=1e-4), (split, key)
+    assert study["prior"]["novel_expression"]["psnr"] != study["stage2"]["novel_expression"]["psnr"]
+    assert main([str(tmp_path / "run")]) == 0
+    assert "Δ stage 2 − stage 1" in capsys.readouterr().out and (tmp_path / "run" / "stages.json").is_file()
+    assert main([str(tmp_path / "nothing")]) == 1
+    assert f"no inversion fits under {tmp_path / 'nothing'}/inversion/" in capsys.readouterr().err
 
 
 def _assert_inverted(ours: dict[str, torch.Tensor], prior: Path) -> None:

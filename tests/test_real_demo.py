@@ -61,7 +61,8 @@ def test_latest_prior_or_one_trained_here_and_the_output_says_which(tiny_prior, 
         return Path(shutil.copy(tiny_prior, out / "prior.ckpt"))
 
     monkeypatch.setattr(demo, "train_prior", fake_train)
-    choice = resolve_prior("latest", str(tmp_path / "empty_runs"), "experiments/demo_prior.yaml", tmp_path / "out")
+    choice = resolve_prior("latest", str(tmp_path / "empty_runs"), "experiments/demo_prior.yaml", tmp_path / "out",
+                           shipped=None)
     assert trained == ["experiments/demo_prior.yaml"] and choice.path == tmp_path / "out" / "prior.ckpt"
     assert "trained here from experiments/demo_prior.yaml" in choice.how
     assert (choice.map_resolution, choice.n_shape, choice.head_model) == (16, 20, "builtin")
@@ -70,6 +71,11 @@ def test_latest_prior_or_one_trained_here_and_the_output_says_which(tiny_prior, 
     shutil.copy(tiny_prior, runs / "last.ckpt")
     found = resolve_prior("latest", str(tmp_path / "runs"), "experiments/demo_prior.yaml", tmp_path / "out2")
     assert found.path == runs / "last.ckpt" and "latest" in found.how and len(trained) == 1
+    # no prior under runs/ but a shipped one: the shipped one, said so, nothing trained
+    shipped = Path(shutil.copy(tiny_prior, tmp_path / "shipped.ckpt"))
+    choice = resolve_prior("latest", str(tmp_path / "empty_runs"), "experiments/demo_prior.yaml", tmp_path / "out3",
+                           shipped=shipped)
+    assert choice.path == shipped and "the shipped prior" in choice.how and len(trained) == 1
 
 
 def test_tracked_folders_with_missing_files_are_named(tiny_prior, tmp_path, capsys):

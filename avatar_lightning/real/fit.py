@@ -125,7 +125,7 @@ def invert(name: str, prior: PriorChoice, source: dict[str, Any], out: Path, set
     return fit_subject(name, prior.path, source, out, settings)
 
 
-def stage_models(fitted: SynShotInversion, prior: PriorChoice) -> dict[str, SynShotInversion]:
+def stage_models(fitted: SynShotInversion, prior: PriorChoice | str | Path) -> dict[str, SynShotInversion]:
     """The subject's model before the fit ended, rebuilt from the prior and the fitted avatar.
 
     Stage 1 trains only E_id and stage 2 starts by freezing its code (the pivot), so:
@@ -134,14 +134,19 @@ def stage_models(fitted: SynShotInversion, prior: PriorChoice) -> dict[str, SynS
     - ``"stage1"``: the prior's decoders and regressors with the fitted pivot (the model at the
       switch to stage 2); the fitted model itself when the fit ended during stage 1.
 
+    Args:
+        fitted: the fitted inversion (its ``inputs`` set).
+        prior: the prior it inverted (a :class:`PriorChoice` or its checkpoint path).
+
     Returns:
         ``{"prior": ..., "stage1": ...}`` in eval mode, on the fitted model's device.
     """
     if fitted.inputs is None:
         raise RuntimeError("stage_models: the inversion saw no training batch")
+    path = prior.path if isinstance(prior, PriorChoice) else Path(prior)
 
     def fresh() -> SynShotInversion:
-        model = SynShotInversion(prior_checkpoint=str(prior.path), render_backend=fitted.render_backend)
+        model = SynShotInversion(prior_checkpoint=str(path), render_backend=fitted.render_backend)
         model.configure_model()
         model = model.to(fitted.device).eval()
         model.capture_identity({k: v.to(fitted.device) for k, v in fitted.inputs.items()})

@@ -55,17 +55,25 @@ def describe_prior(path: Path, how: str) -> PriorChoice:
                        int(hp.get("n_expr", 15)), int(net["map_resolution"]), state.get("global_step"))
 
 
-def resolve_prior(spec: str, runs_dir: str, prior_config: str, out: Path, seed: int = 0) -> PriorChoice:
+#: the prior the project ships (``make shipped-prior``; :mod:`avatar_lightning.demo.ship`)
+SHIPPED_PRIOR = Path("priors/demo_prior.ckpt")
+
+
+def resolve_prior(spec: str, runs_dir: str, prior_config: str, out: Path, seed: int = 0,
+                  shipped: Path | None = SHIPPED_PRIOR) -> PriorChoice:
     """The prior checkpoint to invert.
 
     Args:
         spec: a ``.ckpt`` path, or ``"latest"``: the newest trained SynShot prior under ``runs_dir``
-            (as ``experiments/invert.yaml`` finds it); when there is none, ``prior_config`` is trained
-            here as ``make demo`` trains it (``avatar_lightning.demo.train_prior``), into ``out/prior.ckpt``.
+            (as ``experiments/invert.yaml`` finds it); when there is none, the ``shipped`` prior, and
+            without one ``prior_config`` is trained here as ``make demo RETRAIN=1`` trains it
+            (``avatar_lightning.demo.train_prior``), into ``out/prior.ckpt``.
         runs_dir: where ``"latest"`` looks.
         prior_config: the config trained when no prior exists.
         out: the demo's output folder.
         seed: seed of that training.
+        shipped: the shipped prior (relative paths: from the working directory, the repository root);
+            None: never use it.
 
     Raises:
         FileNotFoundError: an explicit path does not exist (named).
@@ -76,6 +84,8 @@ def resolve_prior(spec: str, runs_dir: str, prior_config: str, out: Path, seed: 
     try:
         path = find_prior_checkpoint("latest", runs_dir)
     except FileNotFoundError:
+        if shipped is not None and Path(shipped).is_file():
+            return describe_prior(Path(shipped), f"the shipped prior {shipped} (no SynShot prior under {runs_dir}/)")
         from avatar_lightning.demo import train_prior
 
         path = train_prior(prior_config, [f"--seed_everything={seed}"], out)
