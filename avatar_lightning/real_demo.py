@@ -261,22 +261,23 @@ def run(args: argparse.Namespace) -> str:
 
     prior = resolve_prior(args.prior, args.runs_dir, args.prior_config, out, args.seed)
     print(f"prior: {prior.path} ({prior.how})", flush=True)
+    t = lap("prior", start)
+    tracked = track_all(args, prior, out)
+    sources = {"carphone": insta_source(tracked["carphone"].folder, tracked["carphone"].frames, args.inputs, prior),
+               "astronaut": insta_source(tracked["astronaut"].folder, tracked["astronaut"].frames, 1, prior)}
+    for source in sources.values():  # a broken tracked folder fails here, before any prior is trained
+        check_subject(source)
+    t = lap("tracking", t)
     realhead = None
     if not args.no_realhead:
         realhead = resolve_realhead_prior(args.realhead_prior, args.runs_dir, args.realhead_prior_config, out,
                                           args.seed, prior)
         print(f"3DRealHead prior: {realhead.path} ({realhead.how})", flush=True)
-    t = lap("prior", start)
-    tracked = track_all(args, prior, out)
-    sources = {"carphone": insta_source(tracked["carphone"].folder, tracked["carphone"].frames, args.inputs, prior),
-               "astronaut": insta_source(tracked["astronaut"].folder, tracked["astronaut"].frames, 1, prior)}
-    if realhead is not None:
         for name in ("carphone", "astronaut"):
             k = args.inputs if name == "carphone" else 1
             sources[f"{name}_realhead"] = realhead_source(tracked[name].folder, tracked[name].frames, k, realhead)
-    for source in sources.values():
-        check_subject(source)
-    t = lap("tracking", t)
+            check_subject(sources[f"{name}_realhead"])
+        t = lap("realhead_prior", t)
     settings = FitSettings(config=args.invert_config, cap_steps_per_frame=args.cap_steps_per_frame,
                            max_steps=args.max_steps, turntable_frames=args.turntable_frames, seed=args.seed,
                            extra=tuple(args.fit_arg))

@@ -78,11 +78,16 @@ def test_latest_prior_or_one_trained_here_and_the_output_says_which(tiny_prior, 
     assert choice.path == shipped and "the shipped prior" in choice.how and len(trained) == 1
 
 
-def test_tracked_folders_with_missing_files_are_named(tiny_prior, tmp_path, capsys):
+def test_tracked_folders_with_missing_files_are_named(tiny_prior, tmp_path, capsys, monkeypatch):
+    def no_training(*args, **kwargs):  # the 3DRealHead prior is resolved (maybe trained) only after the folders
+        raise AssertionError("a prior was trained before the tracked folders were checked")
+
+    monkeypatch.setattr(demo, "train_prior", no_training)
     head = fixture_head()
     build_insta_fixture(tmp_path / "photo", head, n_frames=1, tracker_dir=tmp_path / "photo")
     build_insta_fixture(tmp_path / "clip", head, n_frames=5, tracker_dir=tmp_path / "clip")
-    args = ["--out", str(tmp_path / "out"), "--prior", str(tiny_prior), "--astronaut-dir", str(tmp_path / "photo")]
+    args = ["--out", str(tmp_path / "out"), "--prior", str(tiny_prior), "--astronaut-dir", str(tmp_path / "photo"),
+            "--runs-dir", str(tmp_path / "no_runs")]
     assert main([*args, "--carphone-dir", str(tmp_path / "nowhere")]) == 1
     assert f"tracked folder {tmp_path / 'nowhere'} has no transforms.json" in capsys.readouterr().err
     (tmp_path / "clip" / "images" / "00002.png").unlink()
