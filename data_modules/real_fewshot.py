@@ -114,14 +114,34 @@ class UVMaps:
         Returns:
             Tensor  # [3, h, w] visibility-weighted mean colour over the frames (0 where none sees it)
         """
-        head, acc, wsum = self.head, 0.0, 0.0
-        for k, f in enumerate(flames):
-            s = f.shape[None].to(head.v_template)
-            out = head(s, f.expr[None].to(s), f.pose[None].to(s), f.translation[None].to(s))
-            baked = backproject_texture(self.raster, out.vertices[0], head.faces, images[k:k + 1],
-                                        K[k:k + 1].to(s), world_to_cam[k:k + 1].to(s), masks[k:k + 1])
-            acc, wsum = acc + baked.texture * baked.weight, wsum + baked.weight
-        return (acc / torch.as_tensor(wsum).clamp_min(1e-8)).to(images.dtype)
+        return merged_texture(self.head, self.raster, flames, images, masks, K, world_to_cam)
+
+
+@torch.no_grad()
+def merged_texture(head, raster, flames: Sequence[FlameParams], images: Tensor, masks: Tensor, K: Tensor,
+                   world_to_cam: Tensor) -> Tensor:
+    """F frames back-projected onto UV, each through its own posed mesh, merged by visibility weight.
+
+    Args:
+        head: :class:`~avatar_lightning.head.HeadModel`.
+        raster: its UV raster (the output's side).
+        flames: the F frames' parameters.
+        images: Tensor  # [F, C, H, W] (RGB or per-pixel features)
+        masks: Tensor  # [F, 1, H, W] foreground (texels landing outside are ignored)
+        K: Tensor  # [F, 3, 3]
+        world_to_cam: Tensor  # [F, 4, 4] OpenCV
+
+    Returns:
+        Tensor  # [C, h, w] weighted mean over the frames, 0 where no frame sees a texel.
+    """
+    acc, wsum = 0.0, 0.0
+    for k, f in enumerate(flames):
+        s = f.shape[None].to(head.v_template)
+        out = head(s, f.expr[None].to(s), f.pose[None].to(s), f.translation[None].to(s))
+        baked = backproject_texture(raster, out.vertices[0], head.faces, images[k:k + 1].to(s),
+                                    K[k:k + 1].to(s), world_to_cam[k:k + 1].to(s), masks[k:k + 1].to(s))
+        acc, wsum = acc + baked.texture * baked.weight, wsum + baked.weight
+    return (acc / torch.as_tensor(wsum).clamp_min(1e-8)).to(images.dtype)
 
 
 def _frame_params(sample: Sample, noise: TrackingNoise | None) -> FlameParams:

@@ -37,7 +37,6 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from avatar_lightning.head.model import load_head_model
-from avatar_lightning.head.texture import backproject_texture
 from avatar_lightning.lit.fewshot_data import FewShotSplit
 from avatar_lightning.realhead.inputs import (
     MOUTH_FEATURES,
@@ -49,7 +48,7 @@ from avatar_lightning.realhead.inputs import (
 )
 from data_modules.insta import INSTADataModule, seq_samples
 from data_modules.real_common import FlameParams, RealHeadDataset, Sample
-from data_modules.real_fewshot import input_sample
+from data_modules.real_fewshot import input_sample, merged_texture
 from data_modules.realhead import ENROLL_VIEWS
 
 
@@ -99,15 +98,8 @@ class FrameConditioning:
             K: Tensor  # [F, 3, 3]
             world_to_cam: Tensor  # [F, 4, 4] OpenCV
         """
-        head, acc, wsum = self.head, 0.0, 0.0
-        for k, f in enumerate(flames):
-            s = f.shape[None].to(head.v_template)
-            out = head(s, f.expr[None].to(s), f.pose[None].to(s), f.translation[None].to(s))
-            baked = backproject_texture(self.raster, out.vertices[0], head.faces, images[k:k + 1].to(s),
-                                        K[k:k + 1].to(s), world_to_cam[k:k + 1].to(s), masks[k:k + 1].to(s))
-            acc, wsum = acc + baked.texture * baked.weight, wsum + baked.weight
-        texture = acc / torch.as_tensor(wsum).clamp_min(1e-8)
-        return (texture * (torch.as_tensor(wsum) > 0) * (1 - self.mouth)).float()
+        texture = merged_texture(self.head, self.raster, flames, images, masks, K, world_to_cam)
+        return (texture * (1 - self.mouth)).float()
 
 
 class ConditionedFrames(Dataset):
