@@ -102,6 +102,10 @@ class FrameConditioning:
         return (texture * (1 - self.mouth)).float()
 
 
+#: held-out frames whose maps :class:`ConditionedFrames` keeps in memory (chosen: 1.5 MB a frame at R = 256)
+MEMO_FRAMES = 128
+
+
 class ConditionedFrames(Dataset):
     """Held-out frames with their own expression offsets and mouth map and the subject's identity map.
 
@@ -121,6 +125,8 @@ class ConditionedFrames(Dataset):
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         item = dict(self.base[index])
         if index not in self._memo:  # maps are a head forward + a back-projection: computed once per frame
+            if len(self._memo) >= MEMO_FRAMES:  # bounded: 600 INSTA frames at R = 256 would hold ~0.9 GB
+                self._memo.clear()
             self._memo[index] = {"uv_expr_offset": self.conditioning.expression(item["expr"], item["pose"]),
                                  "uv_mouth": self.conditioning.mouth_map(item)}
         item.update(self._memo[index], uv_identity=self.uv_identity)

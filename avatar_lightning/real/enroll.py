@@ -18,7 +18,7 @@ import torch
 
 from avatar_lightning.lit.checkpoint import find_prior_checkpoint
 from avatar_lightning.lit.realhead_enroll import RealHeadEnrollment
-from avatar_lightning.real.fit import FitSettings, Inversion, fit_subject
+from avatar_lightning.real.fit import FitSettings, Inversion, fit_subject, tracked_source
 from avatar_lightning.real.prior import PriorChoice
 from avatar_lightning.realhead.enrollment import prior_hyper_parameters, read_prior_checkpoint
 
@@ -96,14 +96,11 @@ def resolve_realhead_prior(spec: str, runs_dir: str, config: str, out: Path, see
 
 
 def realhead_source(folder: Path, frames: int, inputs: int, prior: RealHeadChoice) -> dict[str, Any]:
-    """``{class_path, init_args}`` of a tracked folder as an enrollment subject: the first ``inputs``
-    frames enroll, every later frame is held out (INSTA's protocol)."""
-    held_out = max(frames - inputs, 0)
+    """:func:`~avatar_lightning.real.fit.tracked_source` for 3DRealHead enrollment
+    (``RealHeadINSTADataModule``, the prior's head model and map side R)."""
     hp = prior.hparams
-    return {"class_path": "data_modules.realhead_insta.RealHeadINSTADataModule",
-            "init_args": {"roots": [str(folder)], "tracker_dirs": [str(folder)], "n_test": held_out, "n_val": 0,
-                          "fewshot_inputs": inputs, "fewshot_eval": held_out, "head_model": str(hp["head_model"]),
-                          "n_shape": int(hp["n_shape"]), "n_expr": int(hp["n_expr"]), "uv_size": prior.uv_size}}
+    return tracked_source(folder, frames, inputs, str(hp["head_model"]), int(hp["n_shape"]), int(hp["n_expr"]),
+                          prior.uv_size, "data_modules.realhead_insta.RealHeadINSTADataModule")
 
 
 def enroll(name: str, prior: RealHeadChoice, source: dict[str, Any], views: int, out: Path,

@@ -84,15 +84,22 @@ class Inversion:
                 "output": str(self.out)}
 
 
-def insta_source(folder: Path, frames: int, inputs: int, prior: PriorChoice) -> dict[str, Any]:
-    """``{class_path, init_args}`` of the tracked folder as an inversion subject: the first ``inputs``
-    frames in, every later frame held out (INSTA's protocol, test = the last frames); a photo
-    (one frame) has no held-out frame."""
+def tracked_source(folder: Path, frames: int, inputs: int, head_model: str, n_shape: int, n_expr: int,
+                   uv_size: int, class_path: str = "data_modules.insta.INSTADataModule") -> dict[str, Any]:
+    """``{class_path, init_args}`` of a tracked folder as a few-shot subject: the first ``inputs``
+    frames in, every later frame held out (INSTA's protocol, test = the last frames); a photo (one
+    frame) has no held-out frame. ``class_path``: the INSTA DataModule serving the prior's inputs."""
     held_out = max(frames - inputs, 0)
-    return {"class_path": "data_modules.insta.INSTADataModule",
+    return {"class_path": class_path,
             "init_args": {"roots": [str(folder)], "tracker_dirs": [str(folder)], "n_test": held_out, "n_val": 0,
-                          "fewshot_inputs": inputs, "fewshot_eval": held_out, "head_model": prior.head_model,
-                          "n_shape": prior.n_shape, "n_expr": prior.n_expr, "uv_size": prior.map_resolution}}
+                          "fewshot_inputs": inputs, "fewshot_eval": held_out, "head_model": head_model,
+                          "n_shape": n_shape, "n_expr": n_expr, "uv_size": uv_size}}
+
+
+def insta_source(folder: Path, frames: int, inputs: int, prior: PriorChoice) -> dict[str, Any]:
+    """:func:`tracked_source` for the SynShot inversion (``INSTADataModule``, the prior's map size)."""
+    return tracked_source(folder, frames, inputs, prior.head_model, prior.n_shape, prior.n_expr,
+                          prior.map_resolution)
 
 
 def fit_subject(name: str, prior_path: Path, source: dict[str, Any], out: Path, settings: FitSettings,
